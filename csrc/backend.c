@@ -1,0 +1,145 @@
+/*
+ * backend.c - picks the backend for a device (the CPU table, or a CUDA backend per GPU,
+ * created once and kept for the process), and loads a model's weights from a name table
+ * into one allocation on that backend.
+ */
+#include "ops.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const ZiOps zi_ops_cpu;
+
+#ifdef ZI_WITH_CUDA
+/* ops_cuda.c */
+zi_status zi_backend_cuda_create(int device, ZiBackend **out);
+int zi_cuda_device_count_impl(void);
+#endif
+
+#define ZI_MAX_DEVICES 16
+
+static ZiBackend zi_cpu_backend = {&zi_ops_cpu, "cpu", -1, sizeof(float), sizeof(float), NULL};
+#ifdef ZI_WITH_CUDA
+static ZiBackend *zi_cuda_backends[ZI_MAX_DEVICES];
+static pthread_mutex_t zi_backend_lock = PTHREAD_MUTEX_INITIALIZER; /* first use from two threads */
+#endif
+
+int zi_cuda_compiled(void) {
+#ifdef ZI_WITH_CUDA
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int zi_cuda_device_count(void) {
+#ifdef ZI_WITH_CUDA
+    return zi_cuda_device_count_impl();
+#else
+    return 0;
+#endif
+}
+
+zi_status zi_backend_get(int device, ZiBackend **out) {
+    *out = NULL;
+    if (device < 0) { *out = &zi_cpu_backend; return ZI_OK; }
+#ifndef ZI_WITH_CUDA
+    return zi_fail(ZI_ERR_STATE, "zimage was built without CUDA support (no nvcc at build time, or ZIMAGE_CUDA=0); "
+                                 "only the CPU device is available");
+#else
+    int n = zi_cuda_device_count_impl();
+    if (n <= 0) return zi_fail(ZI_ERR_STATE, "CUDA device %d requested but no CUDA GPU is available (%s)", device, zi_last_error());
+    if (device >= n || device >= ZI_MAX_DEVICES)
+        return zi_fail(ZI_ERR_ARG, "CUDA device %d requested but only %d device(s) exist", device, n);
+    zi_status st = ZI_OK;
+    pthread_mutex_lock(&zi_backend_lock);
+    if (!zi_cuda_backends[device]) st = zi_backend_cuda_create(device, &zi_cuda_backends[device]);
+    *out = zi_cuda_backends[device];
+    pthread_mutex_unlock(&zi_backend_lock);
+    return st;
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* weights */
+
+zi_status zi_weights_add(ZiWeightList *wl, void **slot, int ndim, const int64_t *shape, const char *fmt, ...) {
+    if (wl->n == wl->cap) {
+        int cap = wl->cap ? wl->cap * 2 : 64;
+        ZiWeightSpec *ns = realloc(wl->specs, (size_t)cap * sizeof *ns);
+        if (!ns) return zi_fail(ZI_ERR_NOMEM, "out of host memory building the weight table");
+        wl->specs = ns;
+        wl->cap = cap;
+    }
+    ZiWeightSpec *s = &wl->specs[wl->n++];
+    memset(s, 0, sizeof *s);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->ndim = ndim;
+    s->slot = slot;
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) { s->shape[i] = shape[i]; numel *= (size_t)shape[i]; }
+    wl->total += numel;
+    return ZI_OK;
+}
+
+void zi_weights_list_free(ZiWeightList *wl) {
+    free(wl->specs);
+    memset(wl, 0, sizeof *wl);
+}
+
+static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && o < n; i++) o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
+    zi_status st = ZI_OK;
+    void *mem = NULL;
+    *block = NULL;
+    ZI_TRY(be->ops->alloc(be, &mem, wl->total * be->weight_size));
+    size_t off = 0;
+    for (int i = 0; i < wl->n; i++) {
+        ZiWeightSpec *s = &wl->specs[i];
+        const StTensor *t = NULL;
+        if (prefix) {
+            char full[ZI_WEIGHT_NAME_MAX + 64];
+            snprintf(full, sizeof full, "%s%s", prefix, s->name);
+            t = st_find(ar, full);
+        }
+        if (!t) t = st_find(ar, s->name);
+        const char *where = ar->nfiles ? ar->files[0].path : "checkpoint";
+        if (!t) { st = zi_fail(ZI_ERR_FORMAT, "%s: missing tensor '%s'", where, s->name); goto fail; }
+        int same = t->ndim == s->ndim;
+        for (int d = 0; same && d < s->ndim; d++) same = t->shape[d] == s->shape[d];
+        if (!same) {
+            char want[96], got[96];
+            shape_str(want, sizeof want, s->ndim, s->shape);
+            shape_str(got, sizeof got, t->ndim, t->shape);
+            st = zi_fail(ZI_ERR_FORMAT, "%s: tensor '%s' has shape %s, the config needs %s", ar->files[t->file].path,
+                         t->name, got, want);
+            goto fail;
+        }
+        if (t->dtype != ZI_DT_F32 && t->dtype != ZI_DT_BF16 && t->dtype != ZI_DT_F16) {
+            st = zi_fail(ZI_ERR_FORMAT, "%s: tensor '%s' has dtype %s; only F32, BF16 and F16 can be loaded",
+                         ar->files[t->file].path, t->name, st_dtype_name(t->dtype));
+            goto fail;
+        }
+        void *dst = zi_wt(be, mem, off);
+        ZI_TRY(be->ops->upload_weight(be, dst, t->data, t->dtype, (size_t)t->numel));
+        *s->slot = dst;
+        off += (size_t)t->numel;
+    }
+    *block = mem;
+    return ZI_OK;
+fail:
+    be->ops->free(be, mem);
+    for (int i = 0; i < wl->n; i++) *wl->specs[i].slot = NULL;
+    return st;
+}

@@ -1,0 +1,524 @@
+/*
+ * dit.c - Z-Image DiT forward (diffusers transformer_z_image.py, basic mode), one sample at a
+ * time over the ops table. Reads top to bottom like the diffusers module:
+ *   t_embedder -> patchify + x_embedder (+ x_pad_token) -> noise_refiner (image tokens)
+ *   cap_embedder (+ cap_pad_token) -> context_refiner (caption tokens)
+ *   layers over [image ; caption] -> final layer on the image rows -> unpatchify
+ * The unified sequence buffer holds the image rows first and the caption rows after them, so
+ * both refiners work in place on their slice and the concat costs nothing.
+ *
+ * Dimension letters: S = Np + Lp tokens, N image tokens (Np padded to 32), L caption tokens
+ * (Lp padded), D width, NH heads, HD head dim, F FFN width, A adaLN width, P patch features,
+ * Cc caption feature width.
+ */
+#include "dit.h"
+#include "json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SEQ_MULTI_OF 32
+
+struct DitModel {
+    DitConfig cfg;
+    DitWeights w;
+    ZiBackend *be;
+    StArchive ar;           /* mmapped checkpoint, kept for .to(device) reloads        */
+    void *weights;          /* the one weight allocation                              */
+    /* RoPE: per-axis (cos, sin) tables [axes_lens[a], axes_dims[a]/2, 2], host f32       */
+    float *rope_axis[3];
+    /* activations: one allocation sized for max_S tokens, max_lat latent elements        */
+    void *acts;
+    int max_S, max_N, max_L;
+    size_t max_lat;
+    struct {
+        void *x;            /* [S, D] unified residual stream: image rows, then caption   */
+        void *h;            /* [S, D] normed / modulated input of a branch                */
+        void *q, *k, *v;    /* [S, D] each                                                */
+        void *o;            /* [S, D] attention output before to_out                      */
+        void *a;            /* [S, D] branch output                                       */
+        void *g, *u;        /* [S, F] FFN gate and up                                     */
+        void *lat;          /* [C*Fr*H*W] latent in, and out                              */
+        void *patches;      /* [N, P] patch tokens in, then final-layer output             */
+        void *cap;          /* [L, Cc] caption features                                   */
+        void *capn;         /* [L, Cc] normed caption features                            */
+        void *tf;           /* [256] sinusoid                                             */
+        void *th;           /* [T] timestep MLP hidden                                    */
+        void *c;            /* [A] adaln input                                            */
+        void *cs_silu;      /* [A] silu(c) for the final layer                            */
+        void *mod;          /* [4D] modulation                                            */
+        void *scale_msa, *gate_msa, *scale_mlp, *gate_mlp; /* [D] each                    */
+        float *cs;          /* [S, HD/2, 2] RoPE cos/sin, fp32 on every backend            */
+    } t;
+    float *cs_host;         /* [S, HD/2, 2] host staging for cs                           */
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* config */
+
+zi_status dit_config_load(DitConfig *cfg, const char *path) {
+    zi_status st = ZI_OK;
+    JsonDoc doc = {0};
+    int64_t v, arr[8];
+    int n;
+    double d;
+    memset(cfg, 0, sizeof *cfg);
+    ZI_TRY(json_parse_file(&doc, path));
+    const JsonNode *r = json_root(&doc);
+    if (r->type != JSON_OBJECT) { st = zi_fail(ZI_ERR_FORMAT, "%s: not a JSON object", path); goto fail; }
+#define GETI(key, field, dflt) ZI_TRY(json_get_int(&doc, r, key, dflt, &v, path)); cfg->field = (int)v
+    GETI("in_channels", in_channels, 16);
+    GETI("dim", dim, 3840);
+    GETI("n_layers", n_layers, 30);
+    GETI("n_refiner_layers", n_refiner_layers, 2);
+    GETI("n_heads", n_heads, 30);
+#undef GETI
+    ZI_TRY(json_get_double(&doc, r, "norm_eps", 1e-5, &d, path)); cfg->norm_eps = (float)d;
+    ZI_TRY(json_get_double(&doc, r, "rope_theta", 256.0, &d, path)); cfg->rope_theta = (float)d;
+    ZI_TRY(json_get_double(&doc, r, "t_scale", 1000.0, &d, path)); cfg->t_scale = (float)d;
+    ZI_TRY(json_get_bool(&doc, r, "qk_norm", 1, &cfg->qk_norm, path));
+    ZI_TRY(json_get_int(&doc, r, "cap_feat_dim", 2560, &v, path)); cfg->cap_feat_dim = (int)v;
+    ZI_TRY(json_get_int_array(&doc, r, "axes_dims", arr, 8, &n, path));
+    if (n == 0) { cfg->axes_dims[0] = 32; cfg->axes_dims[1] = 48; cfg->axes_dims[2] = 48; }
+    else if (n != 3) { st = zi_fail(ZI_ERR_FORMAT, "%s: axes_dims must have 3 entries", path); goto fail; }
+    else for (int i = 0; i < 3; i++) cfg->axes_dims[i] = (int)arr[i];
+    ZI_TRY(json_get_int_array(&doc, r, "axes_lens", arr, 8, &n, path));
+    if (n == 0) { cfg->axes_lens[0] = 1024; cfg->axes_lens[1] = 512; cfg->axes_lens[2] = 512; }
+    else if (n != 3) { st = zi_fail(ZI_ERR_FORMAT, "%s: axes_lens must have 3 entries", path); goto fail; }
+    else for (int i = 0; i < 3; i++) cfg->axes_lens[i] = (int)arr[i];
+    /* the forward uses patch 2, frame patch 1 (diffusers' defaults), which must be listed */
+    cfg->patch = 2;
+    cfg->f_patch = 1;
+    ZI_TRY(json_get_int_array(&doc, r, "all_patch_size", arr, 8, &n, path));
+    int found = n == 0;
+    for (int i = 0; i < n; i++) found |= arr[i] == 2;
+    ZI_TRY(json_get_int_array(&doc, r, "all_f_patch_size", arr, 8, &n, path));
+    int found_f = n == 0;
+    for (int i = 0; i < n; i++) found_f |= arr[i] == 1;
+    if (!found || !found_f) { st = zi_fail(ZI_ERR_FORMAT, "%s: all_patch_size must include 2 and all_f_patch_size 1", path); goto fail; }
+    const JsonNode *sig = json_get(&doc, r, "siglip_feat_dim");
+    if (sig && sig->type != JSON_NULL) { st = zi_fail(ZI_ERR_FORMAT, "%s: the Omni variant (siglip_feat_dim) is not supported", path); goto fail; }
+
+    if (cfg->dim <= 0 || cfg->n_heads <= 0 || cfg->dim % cfg->n_heads || cfg->in_channels <= 0 || cfg->cap_feat_dim <= 0 ||
+        cfg->n_layers < 0 || cfg->n_refiner_layers < 0) {
+        st = zi_fail(ZI_ERR_FORMAT, "%s: inconsistent sizes (dim %d, n_heads %d, in_channels %d, cap_feat_dim %d)", path,
+                     cfg->dim, cfg->n_heads, cfg->in_channels, cfg->cap_feat_dim);
+        goto fail;
+    }
+    cfg->head_dim = cfg->dim / cfg->n_heads;
+    int sum = 0;
+    for (int i = 0; i < 3; i++) {
+        if (cfg->axes_dims[i] <= 0 || cfg->axes_dims[i] % 2 || cfg->axes_lens[i] <= 0 || cfg->axes_lens[i] > 1 << 20) {
+            st = zi_fail(ZI_ERR_FORMAT, "%s: axes_dims must be positive and even, axes_lens positive", path); goto fail;
+        }
+        sum += cfg->axes_dims[i];
+    }
+    if (sum != cfg->head_dim) { st = zi_fail(ZI_ERR_FORMAT, "%s: axes_dims sum to %d but head_dim is %d", path, sum, cfg->head_dim); goto fail; }
+    cfg->ffn_dim = (int)((double)cfg->dim / 3.0 * 8.0);  /* int(dim / 3 * 8) as in diffusers */
+    cfg->adaln_dim = cfg->dim < 256 ? cfg->dim : 256;
+    cfg->t_mid = 1024;
+    cfg->t_freq = 256;
+fail:
+    json_free(&doc);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* weights: the diffusers state-dict names, in module order */
+
+static zi_status dit_block_list(const DitConfig *c, DitBlock *b, ZiWeightList *wl, const char *p, int modulated) {
+    zi_status st = ZI_OK;
+    int64_t D = c->dim, F = c->ffn_dim, HD = c->head_dim, A = c->adaln_dim;
+    ZI_TRY(ZI_W2(wl, &b->to_q, D, D, "%s.attention.to_q.weight", p));
+    ZI_TRY(ZI_W2(wl, &b->to_k, D, D, "%s.attention.to_k.weight", p));
+    ZI_TRY(ZI_W2(wl, &b->to_v, D, D, "%s.attention.to_v.weight", p));
+    ZI_TRY(ZI_W2(wl, &b->to_out, D, D, "%s.attention.to_out.0.weight", p));
+    if (c->qk_norm) {
+        ZI_TRY(ZI_W1(wl, &b->norm_q, HD, "%s.attention.norm_q.weight", p));
+        ZI_TRY(ZI_W1(wl, &b->norm_k, HD, "%s.attention.norm_k.weight", p));
+    }
+    ZI_TRY(ZI_W2(wl, &b->w1, F, D, "%s.feed_forward.w1.weight", p));
+    ZI_TRY(ZI_W2(wl, &b->w2, D, F, "%s.feed_forward.w2.weight", p));
+    ZI_TRY(ZI_W2(wl, &b->w3, F, D, "%s.feed_forward.w3.weight", p));
+    ZI_TRY(ZI_W1(wl, &b->attention_norm1, D, "%s.attention_norm1.weight", p));
+    ZI_TRY(ZI_W1(wl, &b->ffn_norm1, D, "%s.ffn_norm1.weight", p));
+    ZI_TRY(ZI_W1(wl, &b->attention_norm2, D, "%s.attention_norm2.weight", p));
+    ZI_TRY(ZI_W1(wl, &b->ffn_norm2, D, "%s.ffn_norm2.weight", p));
+    if (modulated) {
+        ZI_TRY(ZI_W2(wl, &b->adaln_w, 4 * D, A, "%s.adaLN_modulation.0.weight", p));
+        ZI_TRY(ZI_W1(wl, &b->adaln_b, 4 * D, "%s.adaLN_modulation.0.bias", p));
+    }
+fail:
+    return st;
+}
+
+zi_status dit_weight_list(const DitConfig *c, DitWeights *w, ZiWeightList *wl) {
+    zi_status st = ZI_OK;
+    int64_t D = c->dim, A = c->adaln_dim, T = c->t_mid, Cc = c->cap_feat_dim;
+    int64_t P = (int64_t)c->f_patch * c->patch * c->patch * c->in_channels;
+    char p[64];
+    ZI_CALLOC(w->noise_refiner, (size_t)c->n_refiner_layers + 1, sizeof(DitBlock));
+    ZI_CALLOC(w->context_refiner, (size_t)c->n_refiner_layers + 1, sizeof(DitBlock));
+    ZI_CALLOC(w->layers, (size_t)c->n_layers + 1, sizeof(DitBlock));
+    ZI_TRY(ZI_W2(wl, &w->x_embed_w, D, P, "all_x_embedder.%d-%d.weight", c->patch, c->f_patch));
+    ZI_TRY(ZI_W1(wl, &w->x_embed_b, D, "all_x_embedder.%d-%d.bias", c->patch, c->f_patch));
+    ZI_TRY(ZI_W2(wl, &w->final_adaln_w, D, A, "all_final_layer.%d-%d.adaLN_modulation.1.weight", c->patch, c->f_patch));
+    ZI_TRY(ZI_W1(wl, &w->final_adaln_b, D, "all_final_layer.%d-%d.adaLN_modulation.1.bias", c->patch, c->f_patch));
+    ZI_TRY(ZI_W2(wl, &w->final_w, P, D, "all_final_layer.%d-%d.linear.weight", c->patch, c->f_patch));
+    ZI_TRY(ZI_W1(wl, &w->final_b, P, "all_final_layer.%d-%d.linear.bias", c->patch, c->f_patch));
+    for (int i = 0; i < c->n_refiner_layers; i++) {
+        snprintf(p, sizeof p, "noise_refiner.%d", i);
+        ZI_TRY(dit_block_list(c, &w->noise_refiner[i], wl, p, 1));
+    }
+    for (int i = 0; i < c->n_refiner_layers; i++) {
+        snprintf(p, sizeof p, "context_refiner.%d", i);
+        ZI_TRY(dit_block_list(c, &w->context_refiner[i], wl, p, 0));
+    }
+    ZI_TRY(ZI_W2(wl, &w->t_mlp0_w, T, c->t_freq, "t_embedder.mlp.0.weight"));
+    ZI_TRY(ZI_W1(wl, &w->t_mlp0_b, T, "t_embedder.mlp.0.bias"));
+    ZI_TRY(ZI_W2(wl, &w->t_mlp2_w, A, T, "t_embedder.mlp.2.weight"));
+    ZI_TRY(ZI_W1(wl, &w->t_mlp2_b, A, "t_embedder.mlp.2.bias"));
+    ZI_TRY(ZI_W1(wl, &w->cap_norm, Cc, "cap_embedder.0.weight"));
+    ZI_TRY(ZI_W2(wl, &w->cap_w, D, Cc, "cap_embedder.1.weight"));
+    ZI_TRY(ZI_W1(wl, &w->cap_b, D, "cap_embedder.1.bias"));
+    ZI_TRY(ZI_W2(wl, &w->x_pad_token, 1, D, "x_pad_token"));
+    ZI_TRY(ZI_W2(wl, &w->cap_pad_token, 1, D, "cap_pad_token"));
+    for (int i = 0; i < c->n_layers; i++) {
+        snprintf(p, sizeof p, "layers.%d", i);
+        ZI_TRY(dit_block_list(c, &w->layers[i], wl, p, 1));
+    }
+fail:
+    return st;
+}
+
+static void dit_free_block_arrays(DitWeights *w) {
+    free(w->noise_refiner);
+    free(w->context_refiner);
+    free(w->layers);
+    w->noise_refiner = w->context_refiner = w->layers = NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* RoPE tables: omega_a[k] = 1 / theta^(2k/d_a) in f64; angle = f32(p * omega); (cos, sin) in f32 */
+
+static zi_status dit_build_rope(DitModel *m) {
+    zi_status st = ZI_OK;
+    const DitConfig *c = &m->cfg;
+    for (int a = 0; a < 3; a++) {
+        int half = c->axes_dims[a] / 2, len = c->axes_lens[a];
+        float *tab;
+        ZI_MALLOC(tab, (size_t)len * half * 2 * sizeof(float));
+        for (int k = 0; k < half; k++) {
+            double omega = 1.0 / pow((double)c->rope_theta, (double)(2 * k) / (double)c->axes_dims[a]);
+            for (int p = 0; p < len; p++) {
+                float ang = (float)((double)p * omega);
+                tab[((size_t)p * half + k) * 2 + 0] = cosf(ang);
+                tab[((size_t)p * half + k) * 2 + 1] = sinf(ang);
+            }
+        }
+        m->rope_axis[a] = tab;
+    }
+fail:
+    return st;
+}
+
+/* cs row for a token at position (p0, p1, p2): the three axis tables side by side */
+static void dit_rope_row(const DitModel *m, float *row, int p0, int p1, int p2) {
+    const DitConfig *c = &m->cfg;
+    int pos[3] = {p0, p1, p2};
+    for (int a = 0; a < 3; a++) {
+        int half = c->axes_dims[a] / 2;
+        memcpy(row, m->rope_axis[a] + (size_t)pos[a] * half * 2, (size_t)half * 2 * sizeof(float));
+        row += half * 2;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* activations: one allocation, carved by byte offsets (fp32 tables and backend elements) */
+
+static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
+    if (m->acts && S <= m->max_S && N <= m->max_N && L <= m->max_L && lat <= m->max_lat) return ZI_OK;
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const DitConfig *c = &m->cfg;
+    if (S < m->max_S) S = m->max_S;
+    if (N < m->max_N) N = m->max_N;
+    if (L < m->max_L) L = m->max_L;
+    if (lat < m->max_lat) lat = m->max_lat;
+    size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, A = (size_t)c->adaln_dim;
+    size_t P = (size_t)c->f_patch * c->patch * c->patch * c->in_channels, Cc = (size_t)c->cap_feat_dim;
+    size_t e = be->act_size;
+    struct { void **slot; size_t bytes; } spec[] = {
+        {&m->t.x, S * D * e},     {&m->t.h, S * D * e},       {&m->t.q, S * D * e},
+        {&m->t.k, S * D * e},     {&m->t.v, S * D * e},       {&m->t.o, S * D * e},
+        {&m->t.a, S * D * e},     {&m->t.g, S * F * e},       {&m->t.u, S * F * e},
+        {&m->t.lat, lat * e},     {&m->t.patches, N * P * e}, {&m->t.cap, L * Cc * e},
+        {&m->t.capn, L * Cc * e}, {&m->t.tf, 256 * e},        {&m->t.th, (size_t)c->t_mid * e},
+        {&m->t.c, A * e},         {&m->t.cs_silu, A * e},     {&m->t.mod, 4 * D * e},
+        {&m->t.scale_msa, D * e}, {&m->t.gate_msa, D * e},    {&m->t.scale_mlp, D * e},
+        {&m->t.gate_mlp, D * e},  {(void **)&m->t.cs, S * (size_t)c->head_dim * sizeof(float)},
+    };
+    size_t total = 0, n = sizeof spec / sizeof spec[0];
+    for (size_t i = 0; i < n; i++) total += (spec[i].bytes + 255) & ~(size_t)255;
+    be->ops->free(be, m->acts);
+    m->acts = NULL;
+    free(m->cs_host);
+    m->cs_host = NULL;
+    ZI_TRY(be->ops->alloc(be, &m->acts, total));
+    ZI_MALLOC(m->cs_host, (size_t)S * c->head_dim * sizeof(float));
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        *spec[i].slot = (char *)m->acts + off;
+        off += (spec[i].bytes + 255) & ~(size_t)255;
+    }
+    m->max_S = S, m->max_N = N, m->max_L = L, m->max_lat = lat;
+    return ZI_OK;
+fail:
+    be->ops->free(be, m->acts);
+    m->acts = NULL;
+    m->max_S = m->max_N = m->max_L = 0;
+    m->max_lat = 0;
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* forward */
+
+/* Attention (diffusers Attention + ZSingleStreamAttnProcessor) on x[S, D] -> m->t.a[S, D] */
+static zi_status dit_attention(DitModel *m, const DitBlock *b, const void *x, const float *cs, int S) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const DitConfig *c = &m->cfg;
+    int D = c->dim, NH = c->n_heads, HD = c->head_dim;
+    ZI_TRY(op->matmul(be, m->t.q, x, b->to_q, NULL, S, D, D));                  /* q [S, D]            */
+    ZI_TRY(op->matmul(be, m->t.k, x, b->to_k, NULL, S, D, D));                  /* k [S, D]            */
+    ZI_TRY(op->matmul(be, m->t.v, x, b->to_v, NULL, S, D, D));                  /* v [S, D]            */
+    if (c->qk_norm) {
+        ZI_TRY(op->rmsnorm(be, m->t.q, m->t.q, b->norm_q, S * NH, HD, 1e-5f));  /* q [S*NH, HD]; eps fixed in diffusers */
+        ZI_TRY(op->rmsnorm(be, m->t.k, m->t.k, b->norm_k, S * NH, HD, 1e-5f));  /* k [S*NH, HD]        */
+    }
+    ZI_TRY(op->rope(be, m->t.q, cs, S, NH, HD, 1));                             /* q [S, NH, HD]       */
+    ZI_TRY(op->rope(be, m->t.k, cs, S, NH, HD, 1));                             /* k [S, NH, HD]       */
+    ZI_TRY(op->attention(be, m->t.o, m->t.q, m->t.k, m->t.v, S, NH, NH, HD, 0, 1.0f / sqrtf((float)HD))); /* o [S, D] */
+    ZI_TRY(op->matmul(be, m->t.a, m->t.o, b->to_out, NULL, S, D, D));           /* a [S, D]            */
+fail:
+    return st;
+}
+
+/* FeedForward: w2(silu(w1 h) * w3 h), h = m->t.h [S, D] -> m->t.a [S, D] */
+static zi_status dit_feed_forward(DitModel *m, const DitBlock *b, int S) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    int D = m->cfg.dim, F = m->cfg.ffn_dim;
+    ZI_TRY(op->matmul(be, m->t.g, m->t.h, b->w1, NULL, S, D, F));               /* g [S, F]            */
+    ZI_TRY(op->matmul(be, m->t.u, m->t.h, b->w3, NULL, S, D, F));               /* u [S, F]            */
+    ZI_TRY(op->swiglu(be, m->t.g, m->t.g, m->t.u, (size_t)S * F));              /* g = silu(g) * u     */
+    ZI_TRY(op->matmul(be, m->t.a, m->t.g, b->w2, NULL, S, F, D));               /* a [S, D]            */
+fail:
+    return st;
+}
+
+/* ZImageTransformerBlock on x[S, D] in place; adaln_c [A] for modulated blocks, else NULL */
+static zi_status dit_block_forward(DitModel *m, const DitBlock *b, void *x, const float *cs, int S, const void *adaln_c) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const DitConfig *c = &m->cfg;
+    int D = c->dim, A = c->adaln_dim;
+    float eps = c->norm_eps;
+    if (adaln_c) {
+        ZI_TRY(op->matmul(be, m->t.mod, adaln_c, b->adaln_w, b->adaln_b, 1, A, 4 * D));  /* mod [4D]      */
+        ZI_TRY(op->one_plus(be, m->t.scale_msa, zi_act(be, m->t.mod, 0), D));         /* 1 + scale_msa */
+        ZI_TRY(op->tanh(be, m->t.gate_msa, zi_act(be, m->t.mod, D), D));              /* tanh(gate_msa) */
+        ZI_TRY(op->one_plus(be, m->t.scale_mlp, zi_act(be, m->t.mod, 2 * D), D));     /* 1 + scale_mlp */
+        ZI_TRY(op->tanh(be, m->t.gate_mlp, zi_act(be, m->t.mod, 3 * D), D));          /* tanh(gate_mlp) */
+    }
+    /* attention branch: x += gate_msa * norm2(attn(norm1(x) * scale_msa)) */
+    ZI_TRY(op->rmsnorm(be, m->t.h, x, b->attention_norm1, S, D, eps));                /* h [S, D]      */
+    if (adaln_c) ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale_msa, S, D));      /* h *= scale    */
+    ZI_TRY(dit_attention(m, b, m->t.h, cs, S));                                       /* a [S, D]      */
+    ZI_TRY(op->rmsnorm(be, m->t.a, m->t.a, b->attention_norm2, S, D, eps));           /* a [S, D]      */
+    ZI_TRY(op->add_gated(be, x, m->t.a, adaln_c ? m->t.gate_msa : NULL, S, D));       /* x [S, D]      */
+    /* FFN branch: x += gate_mlp * norm2(ffn(norm1(x) * scale_mlp)) */
+    ZI_TRY(op->rmsnorm(be, m->t.h, x, b->ffn_norm1, S, D, eps));                      /* h [S, D]      */
+    if (adaln_c) ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale_mlp, S, D));      /* h *= scale    */
+    ZI_TRY(dit_feed_forward(m, b, S));                                                /* a [S, D]      */
+    ZI_TRY(op->rmsnorm(be, m->t.a, m->t.a, b->ffn_norm2, S, D, eps));                 /* a [S, D]      */
+    ZI_TRY(op->add_gated(be, x, m->t.a, adaln_c ? m->t.gate_mlp : NULL, S, D));       /* x [S, D]      */
+fail:
+    return st;
+}
+
+/* TimestepEmbedder: sinusoid(t * t_scale) (cos first) -> Linear -> SiLU -> Linear  => c [A] */
+static zi_status dit_timestep_embed(DitModel *m, float t) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const DitConfig *c = &m->cfg;
+    float freq[256];
+    int half = c->t_freq / 2;
+    float tt = t * c->t_scale;
+    const float neg_log_period = -logf(10000.0f);
+    for (int k = 0; k < half; k++) {
+        float f = expf(neg_log_period * (float)k / (float)half);
+        freq[k] = cosf(tt * f);
+        freq[half + k] = sinf(tt * f);
+    }
+    ZI_TRY(op->upload(be, m->t.tf, freq, (size_t)c->t_freq));                          /* tf [256]    */
+    ZI_TRY(op->matmul(be, m->t.th, m->t.tf, m->w.t_mlp0_w, m->w.t_mlp0_b, 1, c->t_freq, c->t_mid)); /* th [T] */
+    ZI_TRY(op->silu(be, m->t.th, m->t.th, (size_t)c->t_mid));                         /* th [T]      */
+    ZI_TRY(op->matmul(be, m->t.c, m->t.th, m->w.t_mlp2_w, m->w.t_mlp2_b, 1, c->t_mid, c->adaln_dim)); /* c [A] */
+fail:
+    return st;
+}
+
+zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const float *cap,
+                      int L) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const DitConfig *c = &m->cfg;
+    const DitWeights *w = &m->w;
+    int C = c->in_channels, pF = c->f_patch, pH = c->patch, pW = c->patch, D = c->dim, HD = c->head_dim;
+    int Cc = c->cap_feat_dim, P = pF * pH * pW * C;
+    if (Fr <= 0 || H <= 0 || W <= 0 || Fr % pF || H % pH || W % pW)
+        return zi_fail(ZI_ERR_ARG, "latent of %d frames x %dx%d is not divisible by the patch size %dx%dx%d", Fr, H, W,
+                       pF, pH, pW);
+    if (L <= 0) return zi_fail(ZI_ERR_ARG, "caption features must have at least one row");
+    int Ft = Fr / pF, Ht = H / pH, Wt = W / pW;
+    int N = Ft * Ht * Wt;
+    int Np = N + (SEQ_MULTI_OF - N % SEQ_MULTI_OF) % SEQ_MULTI_OF;
+    int Lp = L + (SEQ_MULTI_OF - L % SEQ_MULTI_OF) % SEQ_MULTI_OF;
+    int S = Np + Lp;
+    if (Lp + Ft >= c->axes_lens[0] || Ht > c->axes_lens[1] || Wt > c->axes_lens[2])
+        return zi_fail(ZI_ERR_ARG,
+                       "input too large for the RoPE tables: %d caption tokens (padded %d) and a %dx%dx%d token grid "
+                       "need axes_lens of at least [%d, %d, %d], the model has [%d, %d, %d]",
+                       L, Lp, Ft, Ht, Wt, Lp + Ft + 1, Ht, Wt, c->axes_lens[0], c->axes_lens[1], c->axes_lens[2]);
+    size_t lat = (size_t)C * Fr * H * W;
+    ZI_TRY(dit_ensure_acts(m, S, N, L, lat));
+    void *img = m->t.x;                                /* rows [0, Np): image tokens    */
+    void *txt = zi_act(be, m->t.x, (size_t)Np * D);    /* rows [Np, S): caption tokens  */
+
+    /* RoPE positions: image (Lp+1+f, h, w), image pad (0,0,0), caption (1+i, 0, 0) */
+    for (int f = 0; f < Ft; f++)
+        for (int h = 0; h < Ht; h++)
+            for (int x = 0; x < Wt; x++)
+                dit_rope_row(m, m->cs_host + (size_t)((f * Ht + h) * Wt + x) * HD, Lp + 1 + f, h, x);
+    for (int n = N; n < Np; n++) dit_rope_row(m, m->cs_host + (size_t)n * HD, 0, 0, 0);
+    for (int i = 0; i < Lp; i++) dit_rope_row(m, m->cs_host + (size_t)(Np + i) * HD, 1 + i, 0, 0);
+    ZI_TRY(op->upload_f32(be, m->t.cs, m->cs_host, (size_t)S * HD));               /* cs [S, HD/2, 2] */
+    const float *cs_img = m->t.cs, *cs_txt = m->t.cs + (size_t)Np * HD;
+
+    /* t_embedder */
+    ZI_TRY(dit_timestep_embed(m, t));                                              /* c [A]           */
+
+    /* image: patchify, x_embedder, pad token, noise_refiner */
+    ZI_TRY(op->upload(be, m->t.lat, latent, lat));                                 /* lat [C, Fr, H, W] */
+    ZI_TRY(op->patchify(be, m->t.patches, m->t.lat, C, Fr, H, W, pF, pH, pW));     /* patches [N, P]  */
+    ZI_TRY(op->matmul(be, img, m->t.patches, w->x_embed_w, w->x_embed_b, N, P, D)); /* img [N, D]     */
+    if (Np > N) ZI_TRY(op->fill_rows(be, zi_act(be, img, (size_t)N * D), w->x_pad_token, Np - N, D)); /* img [Np, D] */
+    for (int i = 0; i < c->n_refiner_layers; i++)
+        ZI_TRY(dit_block_forward(m, &w->noise_refiner[i], img, cs_img, Np, m->t.c)); /* img [Np, D]   */
+
+    /* caption: cap_embedder (RMSNorm, Linear), pad token, context_refiner */
+    ZI_TRY(op->upload(be, m->t.cap, cap, (size_t)L * Cc));                          /* cap [L, Cc]    */
+    ZI_TRY(op->rmsnorm(be, m->t.capn, m->t.cap, w->cap_norm, L, Cc, c->norm_eps));  /* capn [L, Cc]   */
+    ZI_TRY(op->matmul(be, txt, m->t.capn, w->cap_w, w->cap_b, L, Cc, D));           /* txt [L, D]     */
+    if (Lp > L) ZI_TRY(op->fill_rows(be, zi_act(be, txt, (size_t)L * D), w->cap_pad_token, Lp - L, D)); /* txt [Lp, D] */
+    for (int i = 0; i < c->n_refiner_layers; i++)
+        ZI_TRY(dit_block_forward(m, &w->context_refiner[i], txt, cs_txt, Lp, NULL)); /* txt [Lp, D]   */
+
+    /* main layers over the unified [image ; caption] sequence */
+    for (int i = 0; i < c->n_layers; i++)
+        ZI_TRY(dit_block_forward(m, &w->layers[i], m->t.x, m->t.cs, S, m->t.c));  /* x [S, D]        */
+
+    /* final layer on the N real image rows: LayerNorm * (1 + Linear(silu(c))), Linear */
+    ZI_TRY(op->silu(be, m->t.cs_silu, m->t.c, (size_t)c->adaln_dim));              /* silu(c) [A]    */
+    ZI_TRY(op->matmul(be, m->t.mod, m->t.cs_silu, w->final_adaln_w, w->final_adaln_b, 1, c->adaln_dim, D)); /* [D] */
+    ZI_TRY(op->one_plus(be, m->t.scale_msa, m->t.mod, (size_t)D));                 /* scale [D]      */
+    ZI_TRY(op->layernorm(be, m->t.h, m->t.x, N, D, 1e-6f));                         /* h [N, D]       */
+    ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale_msa, N, D));                 /* h [N, D]       */
+    ZI_TRY(op->matmul(be, m->t.patches, m->t.h, w->final_w, w->final_b, N, D, P));  /* out [N, P]     */
+
+    /* unpatchify */
+    ZI_TRY(op->unpatchify(be, m->t.lat, m->t.patches, C, Fr, H, W, pF, pH, pW));   /* lat [C, Fr, H, W] */
+    ZI_TRY(op->download(be, out, m->t.lat, lat));
+fail:
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* lifetime */
+
+static zi_status dit_load_weights(DitModel *m, int device) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    ZiBackend *be = NULL;
+    void *block = NULL;
+    DitWeights w = {0};
+    ZI_TRY(zi_backend_get(device, &be));
+    ZI_TRY(dit_weight_list(&m->cfg, &w, &wl));
+    ZI_TRY(zi_weights_load(be, &m->ar, &wl, NULL, &block));
+    /* success: release the old device's buffers, adopt the new ones */
+    if (m->be) {
+        m->be->ops->free(m->be, m->weights);
+        m->be->ops->free(m->be, m->acts);
+    }
+    dit_free_block_arrays(&m->w);
+    m->w = w;
+    m->weights = block;
+    m->be = be;
+    m->acts = NULL;
+    m->max_S = m->max_N = m->max_L = 0;
+    m->max_lat = 0;
+    zi_weights_list_free(&wl);
+    return ZI_OK;
+fail:
+    dit_free_block_arrays(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
+zi_status dit_load(DitModel **out, const char *dir, int device) {
+    zi_status st = ZI_OK;
+    char path[4096];
+    DitModel *m = NULL;
+    *out = NULL;
+    ZI_CALLOC(m, 1, sizeof *m);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ZI_TRY(dit_config_load(&m->cfg, path));
+    ZI_TRY(st_open_dir(&m->ar, dir, "diffusion_pytorch_model"));
+    ZI_TRY(dit_build_rope(m));
+    ZI_TRY(dit_load_weights(m, device));
+    *out = m;
+    return ZI_OK;
+fail:
+    dit_free(m);
+    return st;
+}
+
+zi_status dit_to_device(DitModel *m, int device) {
+    if (m->be && m->be->device == device) return ZI_OK;
+    return dit_load_weights(m, device);
+}
+
+const DitConfig *dit_config(const DitModel *m) { return &m->cfg; }
+int dit_device(const DitModel *m) { return m->be ? m->be->device : -1; }
+
+void dit_free(DitModel *m) {
+    if (!m) return;
+    if (m->be) {
+        m->be->ops->free(m->be, m->weights);
+        m->be->ops->free(m->be, m->acts);
+    }
+    free(m->cs_host);
+    for (int a = 0; a < 3; a++) free(m->rope_axis[a]);
+    dit_free_block_arrays(&m->w);
+    st_close(&m->ar);
+    free(m);
+}

@@ -1,0 +1,143 @@
+/*
+ * ops.h - the ops table every model is written over. One table per backend: the CPU one
+ * (ops_cpu.c, fp32, the reference) and the CUDA one (ops_cuda.c, bf16 storage with fp32
+ * accumulation). Model code holds `void *` buffers whose element type is the backend's
+ * (be->act_size bytes each); weights are stored in the backend's weight type.
+ *
+ * Dimension letters: M rows (tokens), K reduction, N output features, D model width,
+ * S sequence length, NH query heads, NKV key/value heads, HD head dim, F FFN width,
+ * B batch, C channels, H/W height/width (images only; never heads).
+ * Argument order: outputs, inputs, weights, dims. Every op returns a zi_status.
+ */
+#ifndef ZI_OPS_H
+#define ZI_OPS_H
+
+#include "safetensors.h"
+#include "zi_common.h"
+
+typedef struct ZiBackend ZiBackend;
+
+typedef struct ZiOps {
+    /* ---- memory ---- */
+    zi_status (*alloc)(ZiBackend *be, void **ptr, size_t bytes);       /* zero-filled           */
+    void (*free)(ZiBackend *be, void *ptr);                             /* NULL-safe             */
+    /* host f32[n] -> backend elements (activation type) */
+    zi_status (*upload)(ZiBackend *be, void *dst, const float *src, size_t n);
+    /* checkpoint tensor data of dtype dt -> backend weight elements */
+    zi_status (*upload_weight)(ZiBackend *be, void *dst, const void *src, ZiDtype dt, size_t n);
+    /* host f32[n] -> backend f32[n] (tables that stay fp32 on every backend: RoPE cos/sin) */
+    zi_status (*upload_f32)(ZiBackend *be, float *dst, const float *src, size_t n);
+    /* backend elements -> host f32[n] */
+    zi_status (*download)(ZiBackend *be, float *dst, const void *src, size_t n);
+    zi_status (*synchronize)(ZiBackend *be);
+
+    /* ---- linear algebra ---- */
+    /* out[M,N] = in[M,K] @ w[N,K]^T (+ bias[N]) ; bias may be NULL */
+    zi_status (*matmul)(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int M, int K, int N);
+    /* out[S,NH*HD] = softmax(q k^T * scale [+ causal mask]) v per head; q[S,NH*HD], k/v[S,NKV*HD],
+       query head h uses kv head h / (NH/NKV) */
+    zi_status (*attention)(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
+                           int NKV, int HD, int causal, float scale);
+
+    /* ---- normalisation ---- */
+    /* out[M,D] = in / sqrt(mean(in^2) + eps) (* w[D] if w) */
+    zi_status (*rmsnorm)(ZiBackend *be, void *out, const void *in, const void *w, int M, int D, float eps);
+    /* out[M,D] = (in - mean) / sqrt(var + eps), no affine */
+    zi_status (*layernorm)(ZiBackend *be, void *out, const void *in, int M, int D, float eps);
+    /* out[B,C,HW] = groupnorm over G groups (* gamma[C] + beta[C]), then SiLU if silu */
+    zi_status (*groupnorm)(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta, int B, int C,
+                           int HW, int G, float eps, int silu);
+
+    /* ---- elementwise ---- */
+    zi_status (*add)(ZiBackend *be, void *out, const void *a, const void *b, size_t n);      /* out = a + b     */
+    zi_status (*scale)(ZiBackend *be, void *out, const void *in, float s, size_t n);        /* out = in * s    */
+    zi_status (*one_plus)(ZiBackend *be, void *out, const void *in, size_t n);              /* out = 1 + in    */
+    zi_status (*tanh)(ZiBackend *be, void *out, const void *in, size_t n);
+    zi_status (*silu)(ZiBackend *be, void *out, const void *in, size_t n);
+    /* out[n] = silu(gate[n]) * up[n] */
+    zi_status (*swiglu)(ZiBackend *be, void *out, const void *gate, const void *up, size_t n);
+    /* out[M,D] = in[M,D] * s[D] (row broadcast) */
+    zi_status (*mul_rows)(ZiBackend *be, void *out, const void *in, const void *s, int M, int D);
+    /* x[M,D] += g[D] * y[M,D]; g NULL means x += y */
+    zi_status (*add_gated)(ZiBackend *be, void *x, const void *y, const void *g, int M, int D);
+
+    /* ---- position ---- */
+    /* x[S,NH,HD] rotated in place; cs[S,HD/2,2] = (cos, sin) per pair, fp32 on the backend.
+       interleaved: pairs (2j, 2j+1) (Z-Image, complex64 style); else rotate-half: pairs (j, j+HD/2) (Qwen) */
+    zi_status (*rope)(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved);
+
+    /* ---- data movement ---- */
+    zi_status (*copy)(ZiBackend *be, void *dst, const void *src, size_t n);                 /* n elements      */
+    /* dst[M,D] = row[D] for every row */
+    zi_status (*fill_rows)(ZiBackend *be, void *dst, const void *row, int M, int D);
+    /* out[L,D] = table[ids[l], :]; ids are host int32 already checked < V */
+    zi_status (*embedding)(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D);
+    /* out[N, M] = in[M, N]^T */
+    zi_status (*transpose)(ZiBackend *be, void *out, const void *in, int M, int N);
+    /* latent in[C,F,H,W] -> tokens out[(F/pF)(H/pH)(W/pW), pF*pH*pW*C], channel fastest (Z-Image order) */
+    zi_status (*patchify)(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH, int pW);
+    /* inverse of patchify: tokens in[...] -> out[C,F,H,W] */
+    zi_status (*unpatchify)(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH, int pW);
+
+    /* ---- images ---- */
+    /* out[B,Co,H,W] = conv2d(in[B,Ci,H,W], w[Co,Ci,k,k]) + bias[Co]; stride 1, zero padding pad */
+    zi_status (*conv2d)(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                        int H, int W, int Co, int k, int pad);
+    /* out[B,C,2H,2W] = nearest-neighbour 2x of in[B,C,H,W] */
+    zi_status (*upsample2x)(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W);
+} ZiOps;
+
+struct ZiBackend {
+    const ZiOps *ops;
+    const char *name;     /* "cpu" or "cuda:N"                      */
+    int device;           /* -1 for the CPU, else the CUDA ordinal  */
+    size_t act_size;      /* bytes per activation element           */
+    size_t weight_size;   /* bytes per weight element               */
+    void *impl;           /* backend-private state                  */
+};
+
+/* The process-wide backend for a device: -1 = CPU, >= 0 = CUDA ordinal. Created on first use;
+   without CUDA support or without that GPU, a ZI_ERR_STATE naming the reason. */
+zi_status zi_backend_get(int device, ZiBackend **out);
+/* Number of usable CUDA devices (0 when built without CUDA or without a driver). */
+int zi_cuda_device_count(void);
+/* Whether this build has the CUDA backend compiled in. */
+int zi_cuda_compiled(void);
+
+/* Pointer to element i of a backend buffer of activation / weight elements. */
+static inline void *zi_act(const ZiBackend *be, const void *p, size_t i) { return (char *)p + i * be->act_size; }
+static inline void *zi_wt(const ZiBackend *be, const void *p, size_t i) { return (char *)p + i * be->weight_size; }
+
+/* ---- weights: name table -> one allocation ---- */
+#define ZI_WEIGHT_NAME_MAX 192
+typedef struct ZiWeightSpec {
+    char name[ZI_WEIGHT_NAME_MAX];   /* checkpoint (diffusers / transformers) tensor name */
+    int ndim;
+    int64_t shape[4];
+    void **slot;                     /* receives the tensor's address inside the block    */
+} ZiWeightSpec;
+
+typedef struct ZiWeightList {
+    ZiWeightSpec *specs;
+    int n, cap;
+    size_t total;                    /* elements over all specs */
+} ZiWeightList;
+
+/* Append a spec: name printf-style, then ndim and the dims. */
+zi_status zi_weights_add(ZiWeightList *wl, void **slot, int ndim, const int64_t *shape, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 5, 6)))
+#endif
+    ;
+/* Allocate one block for all specs on `be`, then find, check and upload every tensor. Names are
+   looked up as `prefix + name` first when prefix is non-NULL, then as `name`. */
+zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block);
+void zi_weights_list_free(ZiWeightList *wl);
+
+/* Shorthand used by the model files: ZI_W(list, &ptr, "name", d0, d1) */
+#define ZI_W1(wl, slot, d0, ...) zi_weights_add((wl), (void **)(slot), 1, (const int64_t[]){(d0)}, __VA_ARGS__)
+#define ZI_W2(wl, slot, d0, d1, ...) zi_weights_add((wl), (void **)(slot), 2, (const int64_t[]){(d0), (d1)}, __VA_ARGS__)
+#define ZI_W4(wl, slot, d0, d1, d2, d3, ...) \
+    zi_weights_add((wl), (void **)(slot), 4, (const int64_t[]){(d0), (d1), (d2), (d3)}, __VA_ARGS__)
+
+#endif /* ZI_OPS_H */

@@ -1,0 +1,395 @@
+/*
+ * ops_cpu.c - the CPU backend: plain C, fp32 everywhere, OpenMP over rows where it pays.
+ * This is the reference the CUDA backend is tested against, so clarity wins over speed;
+ * only the matmul and conv loops are arranged for the compiler to vectorise.
+ */
+#include "ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define F(p) ((float *)(p))
+#define CF(p) ((const float *)(p))
+
+static zi_status cpu_alloc(ZiBackend *be, void **ptr, size_t bytes) {
+    (void)be;
+    *ptr = calloc(1, bytes ? bytes : 1);
+    if (!*ptr) return zi_fail(ZI_ERR_NOMEM, "out of host memory allocating %zu bytes", bytes);
+    return ZI_OK;
+}
+
+static void cpu_free(ZiBackend *be, void *ptr) { (void)be; free(ptr); }
+
+static zi_status cpu_upload(ZiBackend *be, void *dst, const float *src, size_t n) {
+    (void)be;
+    memcpy(dst, src, n * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_upload_weight(ZiBackend *be, void *dst, const void *src, ZiDtype dt, size_t n) {
+    (void)be;
+    const unsigned char *s = src;
+    float *d = dst;
+    switch (dt) {
+    case ZI_DT_F32: memcpy(d, s, n * 4); return ZI_OK;
+    case ZI_DT_BF16:
+#pragma omp parallel for if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            d[i] = zi_bf16_to_f32(h);
+        }
+        return ZI_OK;
+    case ZI_DT_F16:
+#pragma omp parallel for if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            d[i] = zi_f16_to_f32(h);
+        }
+        return ZI_OK;
+    default: return zi_fail(ZI_ERR_FORMAT, "cannot load weights of dtype %s", st_dtype_name(dt));
+    }
+}
+
+static zi_status cpu_upload_f32(ZiBackend *be, float *dst, const float *src, size_t n) {
+    (void)be;
+    memcpy(dst, src, n * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_download(ZiBackend *be, float *dst, const void *src, size_t n) {
+    (void)be;
+    memcpy(dst, src, n * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_synchronize(ZiBackend *be) { (void)be; return ZI_OK; }
+
+/* dot product with 8 independent partial sums so the loop vectorises without -ffast-math */
+static inline float dot_f32(const float *a, const float *b, int K) {
+    float acc[8] = {0};
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[k + j] * b[k + j];
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; k < K; k++) s += a[k] * b[k];
+    return s;
+}
+
+/* out[M,N] = in[M,K] @ w[N,K]^T + bias[N] */
+static zi_status cpu_matmul(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int M, int K,
+                            int N) {
+    (void)be;
+    const float *x = in, *W = w, *b = bias;
+    float *y = out;
+    /* tile rows so a block of weight rows stays in cache while several input rows pass over it */
+    enum { TM = 8, TN = 64 };
+#pragma omp parallel for collapse(2) schedule(static) if ((long)M * N * K > 1 << 18)
+    for (int m0 = 0; m0 < M; m0 += TM)
+        for (int n0 = 0; n0 < N; n0 += TN)
+            for (int m = m0; m < m0 + TM && m < M; m++)
+                for (int n = n0; n < n0 + TN && n < N; n++)
+                    y[(size_t)m * N + n] = dot_f32(x + (size_t)m * K, W + (size_t)n * K, K) + (b ? b[n] : 0.0f);
+    return ZI_OK;
+}
+
+/* out[S,NH*HD]: for each head, softmax(q k^T * scale) v with a running max (exact softmax) */
+static zi_status cpu_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
+                               int NKV, int HD, int causal, float scale) {
+    (void)be;
+    if (NH % NKV) return zi_fail(ZI_ERR_ARG, "attention: %d query heads not a multiple of %d kv heads", NH, NKV);
+    const float *Q = q, *Kp = k, *V = v;
+    float *O = out;
+    int group = NH / NKV;
+    size_t qs = (size_t)NH * HD, ks = (size_t)NKV * HD;
+    zi_status st = ZI_OK;
+#pragma omp parallel
+    {
+        float *p = malloc((size_t)S * sizeof(float));
+        if (!p) {
+#pragma omp critical
+            st = zi_fail(ZI_ERR_NOMEM, "attention: out of host memory");
+        } else {
+#pragma omp for collapse(2) schedule(static)
+            for (int h = 0; h < NH; h++)
+                for (int i = 0; i < S; i++) {
+                    const float *qi = Q + (size_t)i * qs + (size_t)h * HD;
+                    int kvh = h / group, nk = causal ? i + 1 : S;
+                    float mx = -INFINITY;
+                    for (int j = 0; j < nk; j++) {
+                        p[j] = dot_f32(qi, Kp + (size_t)j * ks + (size_t)kvh * HD, HD) * scale;
+                        if (p[j] > mx) mx = p[j];
+                    }
+                    float sum = 0.0f;
+                    for (int j = 0; j < nk; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
+                    float *oi = O + (size_t)i * qs + (size_t)h * HD;
+                    for (int d = 0; d < HD; d++) oi[d] = 0.0f;
+                    for (int j = 0; j < nk; j++) {
+                        const float *vj = V + (size_t)j * ks + (size_t)kvh * HD;
+                        float pj = p[j] / sum;
+                        for (int d = 0; d < HD; d++) oi[d] += pj * vj[d];
+                    }
+                }
+            free(p);
+        }
+    }
+    return st;
+}
+
+static zi_status cpu_rmsnorm(ZiBackend *be, void *out, const void *in, const void *w, int M, int D, float eps) {
+    (void)be;
+#pragma omp parallel for if ((long)M * D > 1 << 16)
+    for (int m = 0; m < M; m++) {
+        const float *x = CF(in) + (size_t)m * D;
+        float *y = F(out) + (size_t)m * D;
+        double ss = 0.0;
+        for (int d = 0; d < D; d++) ss += (double)x[d] * x[d];
+        float r = 1.0f / sqrtf((float)(ss / D) + eps);
+        for (int d = 0; d < D; d++) y[d] = x[d] * r * (w ? CF(w)[d] : 1.0f);
+    }
+    return ZI_OK;
+}
+
+static zi_status cpu_layernorm(ZiBackend *be, void *out, const void *in, int M, int D, float eps) {
+    (void)be;
+#pragma omp parallel for if ((long)M * D > 1 << 16)
+    for (int m = 0; m < M; m++) {
+        const float *x = CF(in) + (size_t)m * D;
+        float *y = F(out) + (size_t)m * D;
+        double mean = 0.0, var = 0.0;
+        for (int d = 0; d < D; d++) mean += x[d];
+        mean /= D;
+        for (int d = 0; d < D; d++) var += (x[d] - mean) * (x[d] - mean);
+        var /= D;
+        float r = 1.0f / sqrtf((float)var + eps);
+        for (int d = 0; d < D; d++) y[d] = (float)(x[d] - mean) * r;
+    }
+    return ZI_OK;
+}
+
+static zi_status cpu_groupnorm(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta, int B,
+                               int C, int HW, int G, float eps, int silu) {
+    (void)be;
+    if (C % G) return zi_fail(ZI_ERR_ARG, "groupnorm: %d channels not divisible by %d groups", C, G);
+    int CG = C / G;
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < G; g++) {
+            const float *x = CF(in) + ((size_t)b * C + (size_t)g * CG) * HW;
+            float *y = F(out) + ((size_t)b * C + (size_t)g * CG) * HW;
+            size_t n = (size_t)CG * HW;
+            double mean = 0.0, var = 0.0;
+            for (size_t i = 0; i < n; i++) mean += x[i];
+            mean /= (double)n;
+            for (size_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+            var /= (double)n;
+            float r = 1.0f / sqrtf((float)var + eps);
+            for (int c = 0; c < CG; c++) {
+                float ga = gamma ? CF(gamma)[g * CG + c] : 1.0f, be_ = beta ? CF(beta)[g * CG + c] : 0.0f;
+                for (int i = 0; i < HW; i++) {
+                    float t = (float)(x[(size_t)c * HW + i] - mean) * r * ga + be_;
+                    y[(size_t)c * HW + i] = silu ? t / (1.0f + expf(-t)) : t;
+                }
+            }
+        }
+    return ZI_OK;
+}
+
+static zi_status cpu_add(ZiBackend *be, void *out, const void *a, const void *b, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) F(out)[i] = CF(a)[i] + CF(b)[i];
+    return ZI_OK;
+}
+
+static zi_status cpu_scale(ZiBackend *be, void *out, const void *in, float s, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) F(out)[i] = CF(in)[i] * s;
+    return ZI_OK;
+}
+
+static zi_status cpu_one_plus(ZiBackend *be, void *out, const void *in, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) F(out)[i] = 1.0f + CF(in)[i];
+    return ZI_OK;
+}
+
+static zi_status cpu_tanh(ZiBackend *be, void *out, const void *in, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) F(out)[i] = tanhf(CF(in)[i]);
+    return ZI_OK;
+}
+
+static zi_status cpu_silu(ZiBackend *be, void *out, const void *in, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) { float x = CF(in)[i]; F(out)[i] = x / (1.0f + expf(-x)); }
+    return ZI_OK;
+}
+
+static zi_status cpu_swiglu(ZiBackend *be, void *out, const void *gate, const void *up, size_t n) {
+    (void)be;
+#pragma omp parallel for if (n > 1 << 16)
+    for (size_t i = 0; i < n; i++) { float g = CF(gate)[i]; F(out)[i] = g / (1.0f + expf(-g)) * CF(up)[i]; }
+    return ZI_OK;
+}
+
+static zi_status cpu_mul_rows(ZiBackend *be, void *out, const void *in, const void *s, int M, int D) {
+    (void)be;
+    for (int m = 0; m < M; m++)
+        for (int d = 0; d < D; d++) F(out)[(size_t)m * D + d] = CF(in)[(size_t)m * D + d] * CF(s)[d];
+    return ZI_OK;
+}
+
+static zi_status cpu_add_gated(ZiBackend *be, void *x, const void *y, const void *g, int M, int D) {
+    (void)be;
+    for (int m = 0; m < M; m++)
+        for (int d = 0; d < D; d++) F(x)[(size_t)m * D + d] += (g ? CF(g)[d] : 1.0f) * CF(y)[(size_t)m * D + d];
+    return ZI_OK;
+}
+
+static zi_status cpu_rope(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved) {
+    (void)be;
+    int half = HD / 2;
+    for (int s = 0; s < S; s++)
+        for (int h = 0; h < NH; h++) {
+            float *v = F(x) + ((size_t)s * NH + h) * HD;
+            const float *t = cs + (size_t)s * half * 2;
+            for (int j = 0; j < half; j++) {
+                int i0 = interleaved ? 2 * j : j, i1 = interleaved ? 2 * j + 1 : j + half;
+                float a = v[i0], b = v[i1], c = t[2 * j], sn = t[2 * j + 1];
+                v[i0] = a * c - b * sn;
+                v[i1] = a * sn + b * c;
+            }
+        }
+    return ZI_OK;
+}
+
+static zi_status cpu_copy(ZiBackend *be, void *dst, const void *src, size_t n) {
+    (void)be;
+    memmove(dst, src, n * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_fill_rows(ZiBackend *be, void *dst, const void *row, int M, int D) {
+    (void)be;
+    for (int m = 0; m < M; m++) memcpy(F(dst) + (size_t)m * D, row, (size_t)D * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_embedding(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D) {
+    (void)be;
+    for (int l = 0; l < L; l++) memcpy(F(out) + (size_t)l * D, CF(table) + (size_t)ids[l] * D, (size_t)D * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_transpose(ZiBackend *be, void *out, const void *in, int M, int N) {
+    (void)be;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) F(out)[(size_t)n * M + m] = CF(in)[(size_t)m * N + n];
+    return ZI_OK;
+}
+
+/* token n = (f*Ht + h)*Wt + w ; feature k = ((pf*pH + ph)*pW + pw)*C + c ; value in[c, f*pF+pf, h*pH+ph, w*pW+pw] */
+static zi_status cpu_patch_common(float *tok, float *img, int C, int Fr, int H, int W, int pF, int pH, int pW,
+                                  int to_tokens) {
+    int Ft = Fr / pF, Ht = H / pH, Wt = W / pW, P = pF * pH * pW * C;
+    for (int f = 0; f < Ft; f++)
+        for (int h = 0; h < Ht; h++)
+            for (int w = 0; w < Wt; w++) {
+                size_t n = ((size_t)f * Ht + h) * Wt + w;
+                for (int pf = 0; pf < pF; pf++)
+                    for (int ph = 0; ph < pH; ph++)
+                        for (int pw = 0; pw < pW; pw++)
+                            for (int c = 0; c < C; c++) {
+                                size_t kk = (((size_t)pf * pH + ph) * pW + pw) * C + c;
+                                size_t src = (((size_t)c * Fr + f * pF + pf) * H + h * pH + ph) * W + w * pW + pw;
+                                if (to_tokens) tok[n * P + kk] = img[src];
+                                else img[src] = tok[n * P + kk];
+                            }
+            }
+    return ZI_OK;
+}
+
+static zi_status cpu_patchify(ZiBackend *be, void *out, const void *in, int C, int Fr, int H, int W, int pF, int pH,
+                              int pW) {
+    (void)be;
+    return cpu_patch_common(F(out), (float *)in, C, Fr, H, W, pF, pH, pW, 1);
+}
+
+static zi_status cpu_unpatchify(ZiBackend *be, void *out, const void *in, int C, int Fr, int H, int W, int pF, int pH,
+                                int pW) {
+    (void)be;
+    return cpu_patch_common((float *)in, F(out), C, Fr, H, W, pF, pH, pW, 0);
+}
+
+/* direct convolution: each (b, co) output plane accumulates Ci*k*k shifted, clipped input planes */
+static zi_status cpu_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                            int H, int W, int Co, int k, int pad) {
+    (void)be;
+    int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+    if (Ho <= 0 || Wo <= 0) return zi_fail(ZI_ERR_ARG, "conv2d: kernel %d larger than padded input %dx%d", k, H, W);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int co = 0; co < Co; co++) {
+            float *y = F(out) + ((size_t)b * Co + co) * Ho * Wo;
+            float b0 = bias ? CF(bias)[co] : 0.0f;
+            for (int i = 0; i < Ho * Wo; i++) y[i] = b0;
+            for (int ci = 0; ci < Ci; ci++) {
+                const float *x = CF(in) + ((size_t)b * Ci + ci) * H * W;
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++) {
+                        float wv = CF(w)[(((size_t)co * Ci + ci) * k + ky) * k + kx];
+                        int y0 = pad - ky > 0 ? pad - ky : 0, y1 = H + pad - ky < Ho ? H + pad - ky : Ho;
+                        int x0 = pad - kx > 0 ? pad - kx : 0, x1 = W + pad - kx < Wo ? W + pad - kx : Wo;
+                        for (int oy = y0; oy < y1; oy++) {
+                            const float *xr = x + (size_t)(oy + ky - pad) * W + (kx - pad);
+                            float *yr = y + (size_t)oy * Wo;
+                            for (int ox = x0; ox < x1; ox++) yr[ox] += wv * xr[ox];
+                        }
+                    }
+            }
+        }
+    return ZI_OK;
+}
+
+static zi_status cpu_upsample2x(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W) {
+    (void)be;
+    for (size_t p = 0; p < (size_t)B * C; p++)
+        for (int y = 0; y < 2 * H; y++)
+            for (int x = 0; x < 2 * W; x++)
+                F(out)[(p * 2 * H + y) * 2 * W + x] = CF(in)[(p * H + y / 2) * W + x / 2];
+    return ZI_OK;
+}
+
+const ZiOps zi_ops_cpu = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .upload_weight = cpu_upload_weight,
+    .upload_f32 = cpu_upload_f32,
+    .download = cpu_download,
+    .synchronize = cpu_synchronize,
+    .matmul = cpu_matmul,
+    .attention = cpu_attention,
+    .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
+    .groupnorm = cpu_groupnorm,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .one_plus = cpu_one_plus,
+    .tanh = cpu_tanh,
+    .silu = cpu_silu,
+    .swiglu = cpu_swiglu,
+    .mul_rows = cpu_mul_rows,
+    .add_gated = cpu_add_gated,
+    .rope = cpu_rope,
+    .copy = cpu_copy,
+    .fill_rows = cpu_fill_rows,
+    .embedding = cpu_embedding,
+    .transpose = cpu_transpose,
+    .patchify = cpu_patchify,
+    .unpatchify = cpu_unpatchify,
+    .conv2d = cpu_conv2d,
+    .upsample2x = cpu_upsample2x,
+};

@@ -1,0 +1,20 @@
+"""zimage: Z-Image-Turbo text-to-image in C and CUDA, a drop-in for diffusers' ZImagePipeline.
+
+Every tensor operation runs in the C core (`zimage._zimage`); this package is the thin Python
+layer: the public classes with diffusers' names, path and dtype handling.
+"""
+from ._zimage import ZImageError, cuda_compiled, cuda_device_count
+from ._dtypes import bfloat16, float16, float32
+from .transformer import ZImageTransformer2DModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ZImageError",
+    "ZImageTransformer2DModel",
+    "bfloat16",
+    "cuda_compiled",
+    "cuda_device_count",
+    "float16",
+    "float32",
+]
