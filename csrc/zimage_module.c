@@ -32,6 +32,8 @@ typedef struct {
     PyObject *ZImageError;
     PyTypeObject *TransformerType;
     PyTypeObject *TokenizerType;
+    PyTypeObject *TextEncoderType;
+    PyTypeObject *VaeType;
 } ModuleState;
 
 static ModuleState *get_state(PyObject *module) { return (ModuleState *)PyModule_GetState(module); }
@@ -314,6 +316,12 @@ static PyType_Spec Transformer_spec = {
 /* ==== tokenizer (begin) ==== */
 /* ==== tokenizer (end) ==== */
 
+/* ==== text encoder (begin) ==== */
+/* ==== text encoder (end) ==== */
+
+/* ==== vae (begin) ==== */
+/* ==== vae (end) ==== */
+
 /* ======================================================================================== */
 /* module */
 
@@ -342,6 +350,10 @@ static int module_exec(PyObject *module) {
     if (add_type(module, &Transformer_spec, &s->TransformerType) < 0) return -1;
     /* ==== tokenizer type registration (begin) ==== */
     /* ==== tokenizer type registration (end) ==== */
+    /* ==== text encoder type registration (begin) ==== */
+    /* ==== text encoder type registration (end) ==== */
+    /* ==== vae type registration (begin) ==== */
+    /* ==== vae type registration (end) ==== */
     return 0;
 }
 
@@ -350,6 +362,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(s->ZImageError);
     Py_VISIT(s->TransformerType);
     Py_VISIT(s->TokenizerType);
+    Py_VISIT(s->TextEncoderType);
+    Py_VISIT(s->VaeType);
     return 0;
 }
 
@@ -358,6 +372,8 @@ static int module_clear(PyObject *module) {
     Py_CLEAR(s->ZImageError);
     Py_CLEAR(s->TransformerType);
     Py_CLEAR(s->TokenizerType);
+    Py_CLEAR(s->TextEncoderType);
+    Py_CLEAR(s->VaeType);
     return 0;
 }
 
