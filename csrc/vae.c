@@ -1,0 +1,474 @@
+/*
+ * vae.c - the AutoencoderKL decoder (diffusers autoencoder_kl.py + vae.py Decoder), one sample
+ * at a time over the ops table. Reads top to bottom like the diffusers module:
+ *   [post_quant_conv] -> conv_in -> mid block (ResNet, single-head attention, ResNet)
+ *   -> NB up blocks (layers_per_block + 1 ResNets, then nearest-2x + 3x3 conv except the last)
+ *   -> GroupNorm + SiLU -> conv_out
+ * Every GroupNorm has G groups and eps 1e-6 (hard-coded in diffusers). Also the uint8
+ * postprocessing of VaeImageProcessor, as plain host C.
+ *
+ * Dimension letters: L latent channels, C0 widest channels (block_out_channels[-1]), ci/co a
+ * ResNet's channels in/out, H, W the current resolution, HW = H*W, N = tokens of the attention.
+ */
+#include "vae.h"
+#include "json.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VAE_EPS 1e-6f
+
+struct VaeModel {
+    VaeConfig cfg;
+    VaeWeights w;
+    ZiBackend *be;
+    StArchive ar;           /* mmapped checkpoint, kept for .to(device) reloads          */
+    void *weights;          /* the one weight allocation                                */
+    /* activations: one allocation sized for the largest stage seen so far (elements)   */
+    void *acts;
+    size_t cap_big, cap_y, cap_tok, cap_z;
+    struct {
+        void *x;            /* [cap_big] residual stream: block inputs/outputs           */
+        void *h;            /* [cap_big] GroupNorm outputs, 2x image, shortcut, q        */
+        void *y;            /* [cap_y] conv outputs, attention tokens / output, image    */
+        void *k, *v;        /* [cap_tok] attention keys / values [N, C0]                  */
+        void *z;            /* [cap_z] latent sample [L, h, w]                            */
+        void *zq;           /* [cap_z] post_quant_conv output [L, h, w]                   */
+    } t;
+};
+
+/* channels of the decoder's up block i: in (from the previous block) and out */
+static int vae_block_out(const VaeConfig *c, int i) { return c->block_out_channels[c->n_blocks - 1 - i]; }
+static int vae_block_in(const VaeConfig *c, int i) { return vae_block_out(c, i > 0 ? i - 1 : 0); }
+
+/* ---------------------------------------------------------------------------------------- */
+/* config */
+
+/* list of strings `key` must be absent or hold n copies of `want` */
+static zi_status vae_check_block_types(const JsonDoc *doc, const JsonNode *r, const char *key, const char *want,
+                                       int n, const char *path) {
+    const JsonNode *a = json_get(doc, r, key);
+    if (!a || a->type == JSON_NULL) {
+        if (n != 1) return zi_fail(ZI_ERR_FORMAT, "%s: \"%s\" is missing (diffusers' default has 1 block, "
+                                                  "block_out_channels has %d)", path, key, n);
+        return ZI_OK;
+    }
+    if (a->type != JSON_ARRAY) return zi_fail(ZI_ERR_FORMAT, "%s: \"%s\" must be a list", path, key);
+    if (a->count != n)
+        return zi_fail(ZI_ERR_FORMAT, "%s: \"%s\" has %d entries but block_out_channels has %d", path, key,
+                       a->count, n);
+    for (const JsonNode *e = json_first(doc, a); e; e = json_next(doc, e))
+        if (e->type != JSON_STRING || strcmp(e->str, want) != 0)
+            return zi_fail(ZI_ERR_FORMAT, "%s: \"%s\" entries must be \"%s\" (the only block type supported)", path,
+                           key, want);
+    return ZI_OK;
+}
+
+zi_status vae_config_load(VaeConfig *cfg, const char *path) {
+    zi_status st = ZI_OK;
+    JsonDoc doc = {0};
+    int64_t v, arr[VAE_MAX_BLOCKS];
+    int n;
+    double d;
+    memset(cfg, 0, sizeof *cfg);
+    ZI_TRY(json_parse_file(&doc, path));
+    const JsonNode *r = json_root(&doc);
+    if (r->type != JSON_OBJECT) { st = zi_fail(ZI_ERR_FORMAT, "%s: not a JSON object", path); goto fail; }
+#define GETI(key, field, dflt) ZI_TRY(json_get_int(&doc, r, key, dflt, &v, path)); cfg->field = (int)v
+    GETI("in_channels", in_channels, 3);
+    GETI("out_channels", out_channels, 3);
+    GETI("latent_channels", latent_channels, 4);
+    GETI("layers_per_block", layers_per_block, 1);
+    GETI("norm_num_groups", norm_num_groups, 32);
+#undef GETI
+    const JsonNode *ss = json_get(&doc, r, "sample_size");   /* an int or [h, w] */
+    if (ss && ss->type == JSON_ARRAY && ss->count > 0) ss = json_first(&doc, ss);
+    cfg->sample_size = ss && ss->type == JSON_NUMBER ? (int)ss->num : 32;
+    ZI_TRY(json_get_bool(&doc, r, "mid_block_add_attention", 1, &cfg->mid_attention, path));
+    ZI_TRY(json_get_bool(&doc, r, "use_post_quant_conv", 1, &cfg->post_quant_conv, path));
+    ZI_TRY(json_get_bool(&doc, r, "use_quant_conv", 1, &cfg->use_quant_conv, path));
+    ZI_TRY(json_get_bool(&doc, r, "force_upcast", 1, &cfg->force_upcast, path));
+    ZI_TRY(json_get_double(&doc, r, "scaling_factor", 0.18215, &d, path)); cfg->scaling_factor = d;
+    const JsonNode *sf = json_get(&doc, r, "shift_factor");
+    cfg->has_shift_factor = sf && sf->type != JSON_NULL;
+    ZI_TRY(json_get_double(&doc, r, "shift_factor", 0.0, &d, path)); cfg->shift_factor = d;
+    ZI_TRY(json_get_int_array(&doc, r, "block_out_channels", arr, VAE_MAX_BLOCKS, &n, path));
+    if (n == 0) { cfg->n_blocks = 1; cfg->block_out_channels[0] = 64; }
+    else {
+        cfg->n_blocks = n;
+        for (int i = 0; i < n; i++) {
+            if (arr[i] <= 0 || arr[i] > 1 << 16) {
+                st = zi_fail(ZI_ERR_FORMAT, "%s: block_out_channels[%d] = %lld is not a valid width", path, i,
+                             (long long)arr[i]);
+                goto fail;
+            }
+            cfg->block_out_channels[i] = (int)arr[i];
+        }
+    }
+    const JsonNode *act = json_get(&doc, r, "act_fn");
+    if (act && act->type != JSON_NULL && (act->type != JSON_STRING || strcmp(act->str, "silu") != 0)) {
+        st = zi_fail(ZI_ERR_FORMAT, "%s: act_fn must be \"silu\" (the only activation supported)", path);
+        goto fail;
+    }
+    ZI_TRY(vae_check_block_types(&doc, r, "up_block_types", "UpDecoderBlock2D", cfg->n_blocks, path));
+
+    int G = cfg->norm_num_groups;
+    if (cfg->latent_channels <= 0 || cfg->out_channels <= 0 || cfg->layers_per_block < 0 ||
+        cfg->layers_per_block > 64 || G <= 0) {
+        st = zi_fail(ZI_ERR_FORMAT, "%s: inconsistent sizes (latent_channels %d, out_channels %d, layers_per_block "
+                     "%d, norm_num_groups %d)", path, cfg->latent_channels, cfg->out_channels, cfg->layers_per_block, G);
+        goto fail;
+    }
+    for (int i = 0; i < cfg->n_blocks; i++)
+        if (cfg->block_out_channels[i] % G) {
+            st = zi_fail(ZI_ERR_FORMAT, "%s: block_out_channels[%d] = %d is not divisible by norm_num_groups %d", path,
+                         i, cfg->block_out_channels[i], G);
+            goto fail;
+        }
+fail:
+    json_free(&doc);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* weights: the diffusers state-dict names, in state-dict order */
+
+static zi_status vae_resnet_list(VaeResnet *r, ZiWeightList *wl, const char *p, int ci, int co) {
+    zi_status st = ZI_OK;
+    r->ci = ci;
+    r->co = co;
+    ZI_TRY(ZI_W1(wl, &r->norm1_w, ci, "%s.norm1.weight", p));
+    ZI_TRY(ZI_W1(wl, &r->norm1_b, ci, "%s.norm1.bias", p));
+    ZI_TRY(ZI_W4(wl, &r->conv1_w, co, ci, 3, 3, "%s.conv1.weight", p));
+    ZI_TRY(ZI_W1(wl, &r->conv1_b, co, "%s.conv1.bias", p));
+    ZI_TRY(ZI_W1(wl, &r->norm2_w, co, "%s.norm2.weight", p));
+    ZI_TRY(ZI_W1(wl, &r->norm2_b, co, "%s.norm2.bias", p));
+    ZI_TRY(ZI_W4(wl, &r->conv2_w, co, co, 3, 3, "%s.conv2.weight", p));
+    ZI_TRY(ZI_W1(wl, &r->conv2_b, co, "%s.conv2.bias", p));
+    if (ci != co) {
+        ZI_TRY(ZI_W4(wl, &r->short_w, co, ci, 1, 1, "%s.conv_shortcut.weight", p));
+        ZI_TRY(ZI_W1(wl, &r->short_b, co, "%s.conv_shortcut.bias", p));
+    }
+fail:
+    return st;
+}
+
+/* `<p>.<cur>` unless only the legacy `<p>.<old>` (diffusers' deprecated attention block) is in ar */
+static const char *vae_attn_name(const StArchive *ar, const char *p, const char *cur, const char *old) {
+    char name[ZI_WEIGHT_NAME_MAX];
+    if (!ar) return cur;
+    snprintf(name, sizeof name, "%s.%s", p, cur);
+    if (st_find(ar, name)) return cur;
+    snprintf(name, sizeof name, "%s.%s", p, old);
+    return st_find(ar, name) ? old : cur;
+}
+
+zi_status vae_weight_list(const VaeConfig *c, VaeWeights *w, ZiWeightList *wl, const StArchive *ar) {
+    zi_status st = ZI_OK;
+    int64_t L = c->latent_channels, C0 = vae_block_out(c, 0), Cl = c->block_out_channels[0];
+    int nr = c->layers_per_block + 1;
+    char p[96];
+    memset(w, 0, sizeof *w);
+    ZI_CALLOC(w->up, (size_t)c->n_blocks * nr, sizeof(VaeResnet));
+    ZI_TRY(ZI_W4(wl, &w->conv_in_w, C0, L, 3, 3, "decoder.conv_in.weight"));
+    ZI_TRY(ZI_W1(wl, &w->conv_in_b, C0, "decoder.conv_in.bias"));
+    for (int i = 0; i < c->n_blocks; i++) {
+        int ci = vae_block_in(c, i), co = vae_block_out(c, i);
+        for (int j = 0; j < nr; j++) {
+            snprintf(p, sizeof p, "decoder.up_blocks.%d.resnets.%d", i, j);
+            ZI_TRY(vae_resnet_list(&w->up[i * nr + j], wl, p, j == 0 ? ci : co, co));
+        }
+        if (i < c->n_blocks - 1) {
+            ZI_TRY(ZI_W4(wl, &w->ups_w[i], co, co, 3, 3, "decoder.up_blocks.%d.upsamplers.0.conv.weight", i));
+            ZI_TRY(ZI_W1(wl, &w->ups_b[i], co, "decoder.up_blocks.%d.upsamplers.0.conv.bias", i));
+        }
+    }
+    if (c->mid_attention) {
+        const char *a = "decoder.mid_block.attentions.0";
+        ZI_TRY(ZI_W1(wl, &w->attn_norm_w, C0, "%s.group_norm.weight", a));
+        ZI_TRY(ZI_W1(wl, &w->attn_norm_b, C0, "%s.group_norm.bias", a));
+        ZI_TRY(ZI_W2(wl, &w->to_q, C0, C0, "%s.%s", a, vae_attn_name(ar, a, "to_q.weight", "query.weight")));
+        ZI_TRY(ZI_W1(wl, &w->to_q_b, C0, "%s.%s", a, vae_attn_name(ar, a, "to_q.bias", "query.bias")));
+        ZI_TRY(ZI_W2(wl, &w->to_k, C0, C0, "%s.%s", a, vae_attn_name(ar, a, "to_k.weight", "key.weight")));
+        ZI_TRY(ZI_W1(wl, &w->to_k_b, C0, "%s.%s", a, vae_attn_name(ar, a, "to_k.bias", "key.bias")));
+        ZI_TRY(ZI_W2(wl, &w->to_v, C0, C0, "%s.%s", a, vae_attn_name(ar, a, "to_v.weight", "value.weight")));
+        ZI_TRY(ZI_W1(wl, &w->to_v_b, C0, "%s.%s", a, vae_attn_name(ar, a, "to_v.bias", "value.bias")));
+        ZI_TRY(ZI_W2(wl, &w->to_out, C0, C0, "%s.%s", a, vae_attn_name(ar, a, "to_out.0.weight", "proj_attn.weight")));
+        ZI_TRY(ZI_W1(wl, &w->to_out_b, C0, "%s.%s", a, vae_attn_name(ar, a, "to_out.0.bias", "proj_attn.bias")));
+    }
+    ZI_TRY(vae_resnet_list(&w->mid[0], wl, "decoder.mid_block.resnets.0", (int)C0, (int)C0));
+    ZI_TRY(vae_resnet_list(&w->mid[1], wl, "decoder.mid_block.resnets.1", (int)C0, (int)C0));
+    ZI_TRY(ZI_W1(wl, &w->norm_out_w, Cl, "decoder.conv_norm_out.weight"));
+    ZI_TRY(ZI_W1(wl, &w->norm_out_b, Cl, "decoder.conv_norm_out.bias"));
+    ZI_TRY(ZI_W4(wl, &w->conv_out_w, c->out_channels, Cl, 3, 3, "decoder.conv_out.weight"));
+    ZI_TRY(ZI_W1(wl, &w->conv_out_b, c->out_channels, "decoder.conv_out.bias"));
+    if (c->post_quant_conv) {
+        ZI_TRY(ZI_W4(wl, &w->pq_w, L, L, 1, 1, "post_quant_conv.weight"));
+        ZI_TRY(ZI_W1(wl, &w->pq_b, L, "post_quant_conv.bias"));
+    }
+    return ZI_OK;
+fail:
+    vae_weights_arrays_free(w);
+    return st;
+}
+
+void vae_weights_arrays_free(VaeWeights *w) {
+    free(w->up);
+    w->up = NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* activations: one allocation, carved by byte offsets */
+
+static zi_status vae_ensure_acts(VaeModel *m, int h, int w) {
+    const VaeConfig *c = &m->cfg;
+    size_t big = 0, y = 0, HW0 = (size_t)h * w;
+    for (int i = 0; i < c->n_blocks; i++) {
+        size_t HW = HW0 << (2 * i);
+        size_t ci = (size_t)vae_block_in(c, i), co = (size_t)vae_block_out(c, i);
+        size_t mx = (ci > co ? ci : co) * HW;
+        if (mx > big) big = mx;
+        if (co * HW > y) y = co * HW;
+    }
+    size_t C0 = (size_t)vae_block_out(c, 0);
+    size_t tok = c->mid_attention ? C0 * HW0 : 0;
+    if (tok > y) y = tok;
+    size_t img = (size_t)c->out_channels * (HW0 << (2 * (c->n_blocks - 1)));
+    if (img > y) y = img;
+    size_t zz = (size_t)c->latent_channels * HW0;
+    if (m->acts && big <= m->cap_big && y <= m->cap_y && tok <= m->cap_tok && zz <= m->cap_z) return ZI_OK;
+
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    if (big < m->cap_big) big = m->cap_big;
+    if (y < m->cap_y) y = m->cap_y;
+    if (tok < m->cap_tok) tok = m->cap_tok;
+    if (zz < m->cap_z) zz = m->cap_z;
+    size_t e = be->act_size;
+    struct { void **slot; size_t bytes; } spec[] = {
+        {&m->t.x, big * e}, {&m->t.h, big * e}, {&m->t.y, y * e},   {&m->t.k, tok * e},
+        {&m->t.v, tok * e}, {&m->t.z, zz * e},  {&m->t.zq, zz * e},
+    };
+    size_t total = 0, n = sizeof spec / sizeof spec[0];
+    for (size_t i = 0; i < n; i++) total += (spec[i].bytes + 255) & ~(size_t)255;
+    be->ops->free(be, m->acts);
+    m->acts = NULL;
+    ZI_TRY(be->ops->alloc(be, &m->acts, total));
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        *spec[i].slot = spec[i].bytes ? (char *)m->acts + off : NULL;
+        off += (spec[i].bytes + 255) & ~(size_t)255;
+    }
+    m->cap_big = big, m->cap_y = y, m->cap_tok = tok, m->cap_z = zz;
+    return ZI_OK;
+fail:
+    m->cap_big = m->cap_y = m->cap_tok = m->cap_z = 0;
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* forward */
+
+/* ResnetBlock2D on x[ci, H, W] -> x[co, H, W] (no time embedding, output_scale_factor 1) */
+static zi_status vae_resnet(VaeModel *m, const VaeResnet *r, int H, int W) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    int G = m->cfg.norm_num_groups, ci = r->ci, co = r->co, HW = H * W;
+    ZI_TRY(op->groupnorm(be, m->t.h, m->t.x, r->norm1_w, r->norm1_b, 1, ci, HW, G, VAE_EPS, 1)); /* h [ci, HW] silu */
+    ZI_TRY(op->conv2d(be, m->t.y, m->t.h, r->conv1_w, r->conv1_b, 1, ci, H, W, co, 3, 1));    /* y [co, HW]      */
+    ZI_TRY(op->groupnorm(be, m->t.h, m->t.y, r->norm2_w, r->norm2_b, 1, co, HW, G, VAE_EPS, 1)); /* h [co, HW] silu */
+    ZI_TRY(op->conv2d(be, m->t.y, m->t.h, r->conv2_w, r->conv2_b, 1, co, H, W, co, 3, 1));    /* y [co, HW]      */
+    if (r->short_w) {
+        ZI_TRY(op->conv2d(be, m->t.h, m->t.x, r->short_w, r->short_b, 1, ci, H, W, co, 1, 0)); /* h [co, HW] 1x1 */
+        ZI_TRY(op->add(be, m->t.x, m->t.h, m->t.y, (size_t)co * HW));                          /* x = h + y      */
+    } else {
+        ZI_TRY(op->add(be, m->t.x, m->t.x, m->t.y, (size_t)co * HW));                          /* x = x + y      */
+    }
+fail:
+    return st;
+}
+
+/* mid-block Attention (1 head of width C0, AttnProcessor2_0) on x[C0, N] in place, N = H*W */
+static zi_status vae_attention(VaeModel *m, int N) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const VaeWeights *w = &m->w;
+    int C = vae_block_out(&m->cfg, 0), G = m->cfg.norm_num_groups;
+    ZI_TRY(op->groupnorm(be, m->t.h, m->t.x, w->attn_norm_w, w->attn_norm_b, 1, C, N, G, VAE_EPS, 0)); /* h [C, N] */
+    ZI_TRY(op->transpose(be, m->t.y, m->t.h, C, N));                                 /* tokens y [N, C]     */
+    ZI_TRY(op->matmul(be, m->t.h, m->t.y, w->to_q, w->to_q_b, N, C, C));             /* q = h [N, C]        */
+    ZI_TRY(op->matmul(be, m->t.k, m->t.y, w->to_k, w->to_k_b, N, C, C));             /* k [N, C]            */
+    ZI_TRY(op->matmul(be, m->t.v, m->t.y, w->to_v, w->to_v_b, N, C, C));             /* v [N, C]            */
+    ZI_TRY(op->attention(be, m->t.y, m->t.h, m->t.k, m->t.v, N, 1, 1, C, 0, 1.0f / sqrtf((float)C))); /* y [N, C] */
+    ZI_TRY(op->matmul(be, m->t.h, m->t.y, w->to_out, w->to_out_b, N, C, C));         /* h [N, C]            */
+    ZI_TRY(op->transpose(be, m->t.y, m->t.h, N, C));                                 /* y [C, N]            */
+    ZI_TRY(op->add(be, m->t.x, m->t.y, m->t.x, (size_t)C * N));                      /* x = y + residual    */
+fail:
+    return st;
+}
+
+/* Decoder.forward on the sample in m->t.z [L, h, w] -> m->t.y [Co, f*h, f*w] */
+static zi_status vae_decode_one(VaeModel *m, int h, int w) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const VaeConfig *c = &m->cfg;
+    const VaeWeights *wt = &m->w;
+    int L = c->latent_channels, C0 = vae_block_out(c, 0), nr = c->layers_per_block + 1, H = h, W = w;
+    const void *src = m->t.z;
+    if (wt->pq_w) {
+        ZI_TRY(op->conv2d(be, m->t.zq, m->t.z, wt->pq_w, wt->pq_b, 1, L, H, W, L, 1, 0));    /* zq [L, h, w]   */
+        src = m->t.zq;
+    }
+    ZI_TRY(op->conv2d(be, m->t.x, src, wt->conv_in_w, wt->conv_in_b, 1, L, H, W, C0, 3, 1)); /* x [C0, h, w]  */
+
+    /* mid block */
+    ZI_TRY(vae_resnet(m, &wt->mid[0], H, W));                                          /* x [C0, h, w]  */
+    if (c->mid_attention) ZI_TRY(vae_attention(m, H * W));                            /* x [C0, h, w]  */
+    ZI_TRY(vae_resnet(m, &wt->mid[1], H, W));                                          /* x [C0, h, w]  */
+
+    /* up blocks */
+    for (int i = 0; i < c->n_blocks; i++) {
+        if (zi_interrupt_requested()) { st = zi_fail(ZI_ERR_INTERRUPTED, "VAE decode interrupted"); goto fail; }
+        int co = vae_block_out(c, i);
+        for (int j = 0; j < nr; j++) ZI_TRY(vae_resnet(m, &wt->up[i * nr + j], H, W)); /* x [co, H, W]   */
+        if (i < c->n_blocks - 1) {
+            ZI_TRY(op->upsample2x(be, m->t.h, m->t.x, 1, co, H, W));                     /* h [co, 2H, 2W] */
+            H *= 2, W *= 2;
+            ZI_TRY(op->conv2d(be, m->t.x, m->t.h, wt->ups_w[i], wt->ups_b[i], 1, co, H, W, co, 3, 1)); /* x [co, H, W] */
+        }
+    }
+
+    /* conv_norm_out, SiLU, conv_out */
+    int Cl = c->block_out_channels[0];
+    ZI_TRY(op->groupnorm(be, m->t.h, m->t.x, wt->norm_out_w, wt->norm_out_b, 1, Cl, H * W, c->norm_num_groups,
+                         VAE_EPS, 1));                                                    /* h [Cl, H, W] silu */
+    ZI_TRY(op->conv2d(be, m->t.y, m->t.h, wt->conv_out_w, wt->conv_out_b, 1, Cl, H, W, c->out_channels, 3, 1)); /* y [Co, H, W] */
+fail:
+    return st;
+}
+
+zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int w) {
+    zi_status st = ZI_OK;
+    const VaeConfig *c = &m->cfg;
+    int f = vae_up_factor(m);
+    if (B <= 0 || h <= 0 || w <= 0) return zi_fail(ZI_ERR_ARG, "latent batch %d of %dx%d is empty", B, h, w);
+    if ((int64_t)h * f > INT_MAX / ((int64_t)w * f))
+        return zi_fail(ZI_ERR_ARG, "latent of %dx%d decodes to a %lldx%lld image, too large", h, w,
+                       (long long)h * f, (long long)w * f);
+    ZI_TRY(vae_ensure_acts(m, h, w));
+    size_t nz = (size_t)c->latent_channels * h * w;
+    size_t nimg = (size_t)c->out_channels * (size_t)(h * f) * (size_t)(w * f);
+    for (int b = 0; b < B; b++) {
+        ZI_TRY(m->be->ops->upload(m->be, m->t.z, z + b * nz, nz));                    /* z [L, h, w]    */
+        ZI_TRY(vae_decode_one(m, h, w));                                              /* y [Co, fh, fw] */
+        ZI_TRY(m->be->ops->download(m->be, out + b * nimg, m->t.y, nimg));
+    }
+fail:
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* postprocess: VaeImageProcessor.denormalize, pt_to_numpy, numpy_to_pil */
+
+static inline float vae_bf16_round(float x) { return zi_bf16_to_f32(zi_f32_to_bf16(x)); }
+
+void vae_postprocess_uint8(uint8_t *out, const float *img, int B, int C, int H, int W, int bf16) {
+    size_t HW = (size_t)H * W;
+#pragma omp parallel for collapse(2) if ((size_t)B * C * HW > 1 << 16)
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int ch = 0; ch < C; ch++) {
+                    float v = img[((size_t)b * C + ch) * HW + (size_t)y * W + x];
+                    if (bf16) v = vae_bf16_round(vae_bf16_round(v) * 0.5f + 0.5f); /* two bf16 tensor ops */
+                    else v = v * 0.5f + 0.5f;                                     /* x * 0.5 exact      */
+                    v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;                     /* clamp(0, 1); NaN stays */
+                    float s = rintf(v * 255.0f);                                   /* np.round: half to even */
+                    out[(((size_t)b * H + y) * W + x) * C + ch] = s >= 0.0f && s <= 255.0f ? (uint8_t)s : 0;
+                }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* lifetime */
+
+/* the ops the decoder calls must all be in the backend's table (a backend may be incomplete) */
+static zi_status vae_check_ops(const ZiBackend *be) {
+    const ZiOps *op = be->ops;
+    if (!op->conv2d || !op->groupnorm || !op->upsample2x || !op->transpose || !op->matmul || !op->attention ||
+        !op->add || !op->upload || !op->download || !op->alloc || !op->free || !op->upload_weight)
+        return zi_fail(ZI_ERR_STATE, "the %s backend lacks an op the VAE decoder needs "
+                       "(conv2d, groupnorm, upsample2x, transpose, matmul, attention, add)", be->name);
+    return ZI_OK;
+}
+
+static zi_status vae_load_weights(VaeModel *m, int device) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    ZiBackend *be = NULL;
+    void *block = NULL;
+    VaeWeights w = {0};
+    ZI_TRY(zi_backend_get(device, &be));
+    ZI_TRY(vae_check_ops(be));
+    ZI_TRY(vae_weight_list(&m->cfg, &w, &wl, &m->ar));
+    ZI_TRY(zi_weights_load(be, &m->ar, &wl, NULL, &block));
+    /* success: release the old device's buffers, adopt the new ones */
+    if (m->be) {
+        m->be->ops->free(m->be, m->weights);
+        m->be->ops->free(m->be, m->acts);
+    }
+    vae_weights_arrays_free(&m->w);
+    m->w = w;
+    m->weights = block;
+    m->be = be;
+    m->acts = NULL;
+    m->cap_big = m->cap_y = m->cap_tok = m->cap_z = 0;
+    zi_weights_list_free(&wl);
+    return ZI_OK;
+fail:
+    vae_weights_arrays_free(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
+zi_status vae_load(VaeModel **out, const char *dir, int device) {
+    zi_status st = ZI_OK;
+    char path[4096];
+    VaeModel *m = NULL;
+    *out = NULL;
+    ZI_CALLOC(m, 1, sizeof *m);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    ZI_TRY(vae_config_load(&m->cfg, path));
+    ZI_TRY(st_open_dir(&m->ar, dir, "diffusion_pytorch_model"));
+    ZI_TRY(vae_load_weights(m, device));
+    *out = m;
+    return ZI_OK;
+fail:
+    vae_free(m);
+    return st;
+}
+
+zi_status vae_to_device(VaeModel *m, int device) {
+    if (m->be && m->be->device == device) return ZI_OK;
+    return vae_load_weights(m, device);
+}
+
+const VaeConfig *vae_config(const VaeModel *m) { return &m->cfg; }
+int vae_device(const VaeModel *m) { return m->be ? m->be->device : -1; }
+int vae_up_factor(const VaeModel *m) { return 1 << (m->cfg.n_blocks - 1); }
+
+void vae_free(VaeModel *m) {
+    if (!m) return;
+    if (m->be) {
+        m->be->ops->free(m->be, m->weights);
+        m->be->ops->free(m->be, m->acts);
+    }
+    vae_weights_arrays_free(&m->w);
+    st_close(&m->ar);
+    free(m);
+}

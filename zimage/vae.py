@@ -1,0 +1,112 @@
+"""AutoencoderKL (decoder only) with diffusers' calling convention, backed by the C VAE decoder."""
+import json
+import os
+
+import numpy as np
+
+from . import _zimage
+from ._dtypes import device_name, resolve_device, resolve_dtype
+from .transformer import _component_dir, _is_dtype_like
+
+
+class FrozenConfig(dict):
+    """config.json values (diffusers defaults filled in) as a dict that also reads as attributes,
+    like diffusers' FrozenDict: `vae.config.scaling_factor` or `vae.config["scaling_factor"]`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class DecoderOutput:
+    """What `AutoencoderKL.decode` returns: `.sample` float32 (B, out_channels, H, W)."""
+
+    def __init__(self, sample):
+        self.sample = sample
+
+    def __getitem__(self, key):
+        if key == 0 or key == "sample":
+            return self.sample
+        raise KeyError(key)
+
+    def to_tuple(self):
+        return (self.sample,)
+
+    def __repr__(self):
+        return f"DecoderOutput(sample=<float32 {self.sample.shape}>)"
+
+
+class AutoencoderKL:
+    """The FLUX / Z-Image VAE decoder. `decode(z).sample` is what diffusers' `AutoencoderKL.decode`
+    returns, as float32 NumPy arrays; no latent scaling or shift is applied here (the pipeline
+    does `z = latents / scaling_factor + shift_factor`). A batch is decoded one sample at a time.
+    """
+
+    def __init__(self, core, path, dtype, raw_config):
+        self._core = core
+        self.path = path
+        self.dtype = dtype
+        self._raw_config = raw_config
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
+        path = _component_dir(pretrained_model_name_or_path, subfolder)
+        dtype = resolve_dtype(torch_dtype)
+        core = _zimage.Vae(path, -1)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            raw = json.load(f)
+        return cls(core, path, dtype, raw if isinstance(raw, dict) else {})
+
+    @property
+    def config(self):
+        return FrozenConfig({**self._raw_config, **self._core.config})
+
+    @property
+    def device(self):
+        return device_name(self._core.device)
+
+    def to(self, device=None, dtype=None):
+        if device is not None and not _is_dtype_like(device):
+            self._core.to(resolve_device(device))
+        elif device is not None:
+            dtype = device
+        if dtype is not None:
+            self.dtype = resolve_dtype(dtype)
+        return self
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self, device=0):
+        return self.to(f"cuda:{device}")
+
+    def eval(self):
+        return self
+
+    def enable_slicing(self):
+        """No-op: batches are always decoded one sample at a time (same result per sample)."""
+
+    def disable_slicing(self):
+        """No-op, see enable_slicing."""
+
+    def decode(self, z, return_dict=True, generator=None):
+        if hasattr(z, "detach") and hasattr(z, "cpu"):  # a torch tensor
+            z = z.detach().cpu().float().numpy()
+        sample = self._core.decode(np.asarray(z, dtype=np.float32))
+        if not return_dict:
+            return (sample,)
+        return DecoderOutput(sample=sample)
+
+    def __repr__(self):
+        c = self._core.config
+        return (f"AutoencoderKL(block_out_channels={c['block_out_channels']}, latent_channels={c['latent_channels']}, "
+                f"device={self.device!r})")
+
+
+def postprocess_uint8(image, bf16=False):
+    """VaeImageProcessor.postprocess(image, "pil") as one uint8 array: float (B, C, H, W) in [-1, 1]
+    -> uint8 (B, H, W, C) = round_half_even(clamp(x * 0.5 + 0.5, 0, 1) * 255). bf16=True reproduces a
+    bf16 tensor (the pipeline's dtype on GPU), where x * 0.5 + 0.5 is rounded to bf16 first."""
+    return _zimage.postprocess_uint8(np.asarray(image, dtype=np.float32), bf16)
