@@ -92,6 +92,7 @@ ext = Extension(
     include_dirs=[numpy.get_include(), "csrc", "kernels"],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_21_API_VERSION")],
     extra_compile_args=["-std=gnu11", "-O2", "-fopenmp", "-Wall", "-Wno-unused-parameter"],
+    libraries=["z"],
     extra_link_args=["-fopenmp", "-lpthread"],
 )
 

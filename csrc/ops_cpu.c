@@ -105,7 +105,7 @@ static zi_status cpu_attention(ZiBackend *be, void *out, const void *q, const vo
     int group = NH / NKV;
     size_t qs = (size_t)NH * HD, ks = (size_t)NKV * HD;
     zi_status st = ZI_OK;
-#pragma omp parallel
+#pragma omp parallel if ((long)S * S * NH * HD > 1L << 18)
     {
         float *p = malloc((size_t)S * sizeof(float));
         if (!p) {
@@ -174,7 +174,7 @@ static zi_status cpu_groupnorm(ZiBackend *be, void *out, const void *in, const v
     (void)be;
     if (C % G) return zi_fail(ZI_ERR_ARG, "groupnorm: %d channels not divisible by %d groups", C, G);
     int CG = C / G;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if ((long)B * C * HW > 1L << 16)
     for (int b = 0; b < B; b++)
         for (int g = 0; g < G; g++) {
             const float *x = CF(in) + ((size_t)b * C + (size_t)g * CG) * HW;
@@ -329,7 +329,7 @@ static zi_status cpu_conv2d(ZiBackend *be, void *out, const void *in, const void
     (void)be;
     int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
     if (Ho <= 0 || Wo <= 0) return zi_fail(ZI_ERR_ARG, "conv2d: kernel %d larger than padded input %dx%d", k, H, W);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((long)B * Co * Ci * H * W * k * k > 1L << 18)
     for (int b = 0; b < B; b++)
         for (int co = 0; co < Co; co++) {
             float *y = F(out) + ((size_t)b * Co + co) * Ho * Wo;

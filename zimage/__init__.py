@@ -3,13 +3,25 @@
 Every tensor operation runs in the C core (`zimage._zimage`); this package is the thin Python
 layer: the public classes with diffusers' names, path and dtype handling.
 """
-from ._zimage import ZImageError, cuda_compiled, cuda_device_count
+from ._zimage import Qwen2Tokenizer, ZImageError, ZImagePipeline, cuda_compiled, cuda_device_count
 from ._dtypes import bfloat16, float16, float32
 from .transformer import ZImageTransformer2DModel
+from .vae import AutoencoderKL
+from .text_encoder import Qwen3Model
+from .scheduler import FlowMatchEulerDiscreteScheduler
+from .image import Image
+from ._pipeline_support import ZImagePipelineOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoencoderKL",
+    "FlowMatchEulerDiscreteScheduler",
+    "Image",
+    "Qwen2Tokenizer",
+    "Qwen3Model",
+    "ZImagePipeline",
+    "ZImagePipelineOutput",
     "ZImageError",
     "ZImageTransformer2DModel",
     "bfloat16",

@@ -4,8 +4,8 @@ thousand diverse strings, the reference that tests/test_tokenizer.py holds zimag
 
     python tests/reference/make_tokenizer_golden.py [--tokenizer DIR] [--out PATH]
 
-DIR defaults to the vendored tests/fixtures/qwen3-tokenizer (tokenizer.json.xz is unpacked to a
-temp dir). Needs `pip install tokenizers`. The strings are generated from a fixed seed (mixes of
+DIR defaults to the vendored tests/fixtures/qwen3-tokenizer (its tokenizer.json.xz is read in
+memory). Needs `pip install tokenizers`; the file records the version used (0.23.3 so far). The strings are generated from a fixed seed (mixes of
 scripts, whitespace kinds, digits, code, emoji sequences, combining marks, special tokens, ...)
 plus hand-picked ones (the spec's test vectors, long runs, the empty string). Random id
 sequences are added as decode-only cases (they hit ill-formed UTF-8 and special tokens).
