@@ -2,11 +2,11 @@
 import numpy as np
 
 from . import _zimage
-from ._dtypes import device_name, resolve_device, resolve_dtype
-from .transformer import _component_dir, _is_dtype_like
+from ._component import Component, component_dir
+from ._dtypes import resolve_dtype
 
 
-class Qwen3Model:
+class Qwen3Model(Component):
     """transformers' Qwen3Model for one unpadded sequence at a time.
 
     `encode(input_ids, layer=-2)` returns, as a float32 (L, hidden_size) NumPy array, what
@@ -15,14 +15,9 @@ class Qwen3Model:
     ZImagePipeline uses layer=-2. Only the layers needed are run.
     """
 
-    def __init__(self, core, path, dtype):
-        self._core = core
-        self.path = path
-        self.dtype = dtype
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
-        path = _component_dir(pretrained_model_name_or_path, subfolder)
+        path = component_dir(pretrained_model_name_or_path, subfolder)
         dtype = resolve_dtype(torch_dtype)
         return cls(_zimage.TextEncoder(path, -1), path, dtype)
 
@@ -30,27 +25,6 @@ class Qwen3Model:
     def config(self):
         return self._core.config
 
-    @property
-    def device(self):
-        return device_name(self._core.device)
-
-    def to(self, device=None, dtype=None):
-        if device is not None and not _is_dtype_like(device):
-            self._core.to(resolve_device(device))
-        elif device is not None:
-            dtype = device
-        if dtype is not None:
-            self.dtype = resolve_dtype(dtype)
-        return self
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, device=0):
-        return self.to(f"cuda:{device}")
-
-    def eval(self):
-        return self
 
     def encode(self, input_ids, layer=-2):
         """hidden_states[layer] for one sequence: input_ids of shape (L,) or (1, L) -> float32 (L, hidden_size)."""

@@ -1,24 +1,12 @@
 """ZImageTransformer2DModel with diffusers' calling convention, backed by the C DiT."""
-import os
-
 import numpy as np
 
 from . import _zimage
-from ._dtypes import device_name, resolve_device, resolve_dtype
+from ._component import Component, component_dir
+from ._dtypes import resolve_dtype
 
 
-def _component_dir(path, subfolder):
-    path = os.fspath(path)
-    if subfolder:
-        path = os.path.join(path, subfolder)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model folder not found: {path}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"no config.json in {path}")
-    return path
-
-
-class ZImageTransformer2DModel:
+class ZImageTransformer2DModel(Component):
     """The Z-Image DiT. `model(x, t, cap_feats)` returns what diffusers' model returns (before
     the pipeline negates it), as float32 NumPy arrays.
 
@@ -29,14 +17,9 @@ class ZImageTransformer2DModel:
     latents, else a list of per-sample arrays shaped like the inputs.
     """
 
-    def __init__(self, core, path, dtype):
-        self._core = core
-        self.path = path
-        self.dtype = dtype
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
-        path = _component_dir(pretrained_model_name_or_path, subfolder)
+        path = component_dir(pretrained_model_name_or_path, subfolder)
         dtype = resolve_dtype(torch_dtype)
         return cls(_zimage.Transformer(path, -1), path, dtype)
 
@@ -44,27 +27,6 @@ class ZImageTransformer2DModel:
     def config(self):
         return self._core.config
 
-    @property
-    def device(self):
-        return device_name(self._core.device)
-
-    def to(self, device=None, dtype=None):
-        if device is not None and not _is_dtype_like(device):
-            self._core.to(resolve_device(device))
-        elif device is not None:
-            dtype = device
-        if dtype is not None:
-            self.dtype = resolve_dtype(dtype)
-        return self
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, device=0):
-        return self.to(f"cuda:{device}")
-
-    def eval(self):
-        return self
 
     def __call__(self, x, t, cap_feats, return_dict=False, patch_size=2, f_patch_size=1, **kwargs):
         if patch_size != 2 or f_patch_size != 1:
@@ -106,7 +68,3 @@ class ZImageTransformer2DModel:
                 f"device={self.device!r})")
 
 
-def _is_dtype_like(value):
-    text = str(value)
-    return text.startswith("torch.") and not text.startswith("torch.device") and "float" in text or \
-        text in ("bfloat16", "float16", "float32") or type(value).__name__ == "dtype"

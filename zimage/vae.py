@@ -5,8 +5,8 @@ import os
 import numpy as np
 
 from . import _zimage
-from ._dtypes import device_name, resolve_device, resolve_dtype
-from .transformer import _component_dir, _is_dtype_like
+from ._component import Component, component_dir
+from ._dtypes import resolve_dtype
 
 
 class FrozenConfig(dict):
@@ -38,21 +38,19 @@ class DecoderOutput:
         return f"DecoderOutput(sample=<float32 {self.sample.shape}>)"
 
 
-class AutoencoderKL:
+class AutoencoderKL(Component):
     """The FLUX / Z-Image VAE decoder. `decode(z).sample` is what diffusers' `AutoencoderKL.decode`
     returns, as float32 NumPy arrays; no latent scaling or shift is applied here (the pipeline
     does `z = latents / scaling_factor + shift_factor`). A batch is decoded one sample at a time.
     """
 
     def __init__(self, core, path, dtype, raw_config):
-        self._core = core
-        self.path = path
-        self.dtype = dtype
+        super().__init__(core, path, dtype)
         self._raw_config = raw_config
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
-        path = _component_dir(pretrained_model_name_or_path, subfolder)
+        path = component_dir(pretrained_model_name_or_path, subfolder)
         dtype = resolve_dtype(torch_dtype)
         core = _zimage.Vae(path, -1)
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
@@ -63,27 +61,6 @@ class AutoencoderKL:
     def config(self):
         return FrozenConfig({**self._raw_config, **self._core.config})
 
-    @property
-    def device(self):
-        return device_name(self._core.device)
-
-    def to(self, device=None, dtype=None):
-        if device is not None and not _is_dtype_like(device):
-            self._core.to(resolve_device(device))
-        elif device is not None:
-            dtype = device
-        if dtype is not None:
-            self.dtype = resolve_dtype(dtype)
-        return self
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self, device=0):
-        return self.to(f"cuda:{device}")
-
-    def eval(self):
-        return self
 
     def enable_slicing(self):
         """No-op: batches are always decoded one sample at a time (same result per sample)."""
