@@ -1,0 +1,113 @@
+/*
+ * bench_ops.c - micro-benchmark of the CUDA backend's heavy ops at Z-Image sizes, through the
+ * ops table exactly as the model calls them: the DiT matmul (M=4128 tokens, K=N=3840), DiT
+ * attention (S=4128, NH=30, HD=128), the VAE mid-block attention (S=128*128, NH=1, HD=512) and
+ * two VAE 3x3 convs. Random bf16 inputs (never zeros), 3 warm-up calls, then the median of
+ * REPS timed calls, each bracketed by a stream synchronize (host clock). Prints ms and TFLOP/s.
+ * Build and run: make -C benchmarks/kernels bench   (see the Makefile there); bench_ops [substring]
+ */
+#include "ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define REPS 15
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void *rand_buf(ZiBackend *be, size_t n, float amp) {
+    void *d = NULL;
+    float *h = malloc(n * sizeof(float));
+    uint64_t s = 0x243F6A8885A308D3ULL ^ n;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        h[i] = amp * ((float)(s >> 40) / 8388608.0f - 1.0f);
+    }
+    if (be->ops->alloc(be, &d, n * 2) != ZI_OK || be->ops->upload(be, d, h, n) != ZI_OK) {
+        fprintf(stderr, "setup: %s\n", zi_last_error());
+        exit(1);
+    }
+    free(h);
+    return d;
+}
+
+typedef enum { B_MATMUL, B_ATTN, B_CONV } Kind;
+typedef struct { Kind kind; int a, b, c, d, e; const char *what; } Case;
+
+static zi_status run(ZiBackend *be, const Case *c, void **buf) {
+    switch (c->kind) {
+    case B_MATMUL: return be->ops->matmul(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->c);
+    case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->b, c->c, 0, 0.0883883f);
+    default: return be->ops->conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, c->a, c->b, c->b, c->a, 3, 1);
+    }
+}
+
+int main(int argc, char **argv) {
+    ZiBackend *be;
+    const char *filter = argc > 1 ? argv[1] : NULL; /* only the cases whose name contains it */
+    if (zi_cuda_device_count() <= 0 || zi_backend_get(0, &be) != ZI_OK) {
+        printf("SKIP: no CUDA device (%s)\n", zi_last_error());
+        return 77;
+    }
+    Case cases[] = {
+        {B_MATMUL, 4128, 3840, 3840, 0, 0, "matmul M=4128 K=3840 N=3840 +bias"},
+        {B_MATMUL, 4128, 3840, 10240, 0, 0, "matmul M=4128 K=3840 N=10240"},
+        {B_MATMUL, 4128, 10240, 3840, 0, 0, "matmul M=4128 K=10240 N=3840"},
+        {B_ATTN, 4128, 30, 128, 0, 0, "attention S=4128 NH=30 HD=128"},
+        {B_ATTN, 16384, 1, 512, 0, 0, "attention S=16384 NH=1 HD=512 (VAE 1024^2)"},
+        {B_ATTN, 4096, 1, 512, 0, 0, "attention S=4096 NH=1 HD=512 (VAE 512^2)"},
+        {B_CONV, 512, 128, 0, 0, 0, "conv2d 3x3 512->512 at 128x128"},
+        {B_CONV, 128, 1024, 0, 0, 0, "conv2d 3x3 128->128 at 1024x1024"},
+    };
+    printf("%-44s %10s %10s\n", "op", "median ms", "TFLOP/s");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const Case *c = &cases[i];
+        if (filter && !strstr(c->what, filter)) continue;
+        void *buf[4] = {0};
+        double flop;
+        if (c->kind == B_MATMUL) {
+            size_t M = c->a, K = c->b, N = c->c;
+            buf[0] = rand_buf(be, M * N, 1), buf[1] = rand_buf(be, M * K, 1), buf[2] = rand_buf(be, N * K, 0.02f);
+            buf[3] = i == 0 ? rand_buf(be, N, 1) : NULL;
+            flop = 2.0 * M * N * K;
+        } else if (c->kind == B_ATTN) {
+            size_t n = (size_t)c->a * c->b * c->c;
+            for (int j = 0; j < 4; j++) buf[j] = rand_buf(be, n, 1);
+            flop = 4.0 * c->a * (double)c->a * c->c * c->b;
+        } else {
+            size_t C = c->a, P = (size_t)c->b * c->b;
+            buf[0] = rand_buf(be, C * P, 1), buf[1] = rand_buf(be, C * P, 1), buf[2] = rand_buf(be, C * C * 9, 0.02f);
+            buf[3] = rand_buf(be, C, 1);
+            flop = 2.0 * C * C * 9 * P;
+        }
+        double t[REPS];
+        zi_status st = ZI_OK;
+        for (int r = 0; r < 3 && st == ZI_OK; r++) st = run(be, c, buf);
+        if (st == ZI_OK) st = be->ops->synchronize(be);
+        for (int r = 0; r < REPS && st == ZI_OK; r++) {
+            double t0 = now();
+            st = run(be, c, buf);
+            if (st == ZI_OK) st = be->ops->synchronize(be);
+            t[r] = now() - t0;
+        }
+        if (st != ZI_OK) {
+            printf("%-44s FAILED: %s\n", c->what, zi_last_error());
+        } else {
+            qsort(t, REPS, sizeof t[0], cmp);
+            printf("%-44s %10.3f %10.1f\n", c->what, t[REPS / 2] * 1e3, flop / t[REPS / 2] / 1e12);
+        }
+        for (int j = 0; j < 4; j++) be->ops->free(be, buf[j]);
+    }
+    return 0;
+}

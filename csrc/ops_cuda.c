@@ -1,0 +1,774 @@
+/*
+ * ops_cuda.c - the CUDA backend: the ZiOps table for one GPU. Activations and weights are
+ * bf16 (2 bytes), arithmetic and statistics fp32. Everything runs on one stream owned by the
+ * backend; matmul, conv2d (im2col) and attention with HD > 128 go through cuBLASLt (fp32 compute,
+ * heuristic algorithm cached per shape and alignment), the rest, attention with HD <= 128
+ * included, through the launchers in kernels/ (zi_kernels.h).
+ * Scratch memory (im2col columns, ids, groupnorm statistics, upload/download staging) lives in
+ * the backend and only grows, so hot ops never call cudaMalloc. Host-side state is guarded by
+ * a mutex, so two pipelines on one GPU may share the backend. Env ZIMAGE_SYNC=1 synchronises
+ * and checks after every op, so an asynchronous fault is reported by the op that caused it.
+ * Plain C: includes cuda_runtime.h and cublasLt.h, never Python.h.
+ */
+#include "ops.h"
+#include "zi_kernels.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STAGE_BYTES ((size_t)16 << 20)   /* each of 2 pinned + 2 device staging buffers */
+#define LT_WORKSPACE ((size_t)32 << 20)  /* cuBLASLt workspace (the Hopper recommendation) */
+#define LT_CACHE 128                     /* cached matmul plans                           */
+#define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
+#define ATTN_SCRATCH_MB 128              /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
+
+/* one cuBLASLt problem: column-major C[m,n] = alpha op(A) op(B) (+ bias[m]) + beta C; A, B bf16, C bf16 or f32 */
+typedef struct LtPlan {
+    int m, n, k, lda, ldb, ldc, opa, opb, bias, beta1, c_f32;
+    int align_a, align_b, align_c;   /* pointer alignments the algorithm was chosen for */
+    int found;                       /* 0: cuBLASLt has no algorithm, use the fallback  */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+
+typedef struct Scratch {
+    void *p;
+    size_t n;                        /* bytes */
+} Scratch;
+
+typedef struct ZiCuda {
+    int device;
+    char name[24];                   /* "cuda:N"                                         */
+    int sync_each_op;                /* ZIMAGE_SYNC=1                                    */
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *workspace;                 /* LT_WORKSPACE bytes                               */
+    LtPlan plans[LT_CACHE];
+    int nplans, evict;
+    Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm, copy   */
+    Scratch attn;                    /* HD > 128 attention: fp32 scores + bf16 P chunk   */
+    size_t attn_bytes;               /* cap of attn (ZIMAGE_ATTN_SCRATCH_MB)             */
+    void *pinned[2];                 /* host staging, STAGE_BYTES each (NULL until used) */
+    void *dstage[2];                 /* device staging, STAGE_BYTES each                 */
+    cudaEvent_t stage_ev[2];         /* staging buffer i is free again once this fires   */
+    pthread_mutex_t lock;            /* plans, scratch and staging                       */
+} ZiCuda;
+
+static const ZiOps zi_ops_cuda;
+
+// ----------------------------------------------------------------------------------------------
+// error checking: record the call, file:line and CUDA's message, then jump to `fail:`
+
+static zi_status cuda_fail(const char *call, const char *file, int line, cudaError_t e) {
+    cudaGetLastError(); /* clear a non-sticky error so the next call starts clean */
+    return zi_fail(ZI_ERR_CUDA, "%s failed at %s:%d: %s", call, file, line, cudaGetErrorString(e));
+}
+
+#define CU_TRY(call)                                                             \
+    do {                                                                         \
+        cudaError_t e_ = (call);                                                 \
+        if (e_ != cudaSuccess) { st = cuda_fail(#call, __FILE__, __LINE__, e_); goto fail; } \
+    } while (0)
+
+#define LT_TRY(call)                                                                                       \
+    do {                                                                                                   \
+        cublasStatus_t s_ = (call);                                                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                                 \
+            st = zi_fail(ZI_ERR_CUBLAS, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__, cublasLtGetStatusString(s_)); \
+            goto fail;                                                                                     \
+        }                                                                                                  \
+    } while (0)
+
+/* cudaMalloc, or ZI_ERR_GPU_NOMEM saying how much was asked and how much is free */
+static zi_status dev_malloc(ZiCuda *cu, void **p, size_t bytes) {
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e == cudaSuccess) return ZI_OK;
+    *p = NULL;
+    cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    return zi_fail(e == cudaErrorMemoryAllocation ? ZI_ERR_GPU_NOMEM : ZI_ERR_CUDA,
+                   "cudaMalloc of %zu bytes (%.1f MiB) failed on %s: %s; %.1f MiB of %.1f MiB free", bytes,
+                   bytes / 1048576.0, cu->name, cudaGetErrorString(e), fr / 1048576.0, tot / 1048576.0);
+}
+
+/* make the backend's GPU current for this thread (a thread may drive several GPUs) */
+static cudaError_t set_device(ZiCuda *cu) {
+    int d = -1;
+    cudaError_t e = cudaGetDevice(&d);
+    if (e != cudaSuccess || d == cu->device) return e;
+    return cudaSetDevice(cu->device);
+}
+
+/* grow a scratch buffer to at least `bytes` (old contents are not kept) */
+static zi_status scratch_reserve(ZiCuda *cu, Scratch *s, size_t bytes) {
+    if (s->n >= bytes) return ZI_OK;
+    cudaFree(s->p); /* waits for work that may still read it */
+    s->p = NULL;
+    s->n = 0;
+    size_t want = (bytes + ((size_t)1 << 20) - 1) & ~(((size_t)1 << 20) - 1);
+    zi_status st = dev_malloc(cu, &s->p, want);
+    if (st == ZI_OK) s->n = want;
+    return st;
+}
+
+/* ZIMAGE_SYNC=1: wait for the op and report its fault here */
+static zi_status op_end(ZiCuda *cu, const char *op) {
+    if (!cu->sync_each_op) return ZI_OK;
+    cudaError_t e = cudaStreamSynchronize(cu->stream);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) return zi_fail(ZI_ERR_CUDA, "%s on %s failed (ZIMAGE_SYNC=1 check): %s", op, cu->name, cudaGetErrorString(e));
+    return ZI_OK;
+}
+
+#define OP_BEGIN(be)                          \
+    ZiCuda *cu = (ZiCuda *)(be)->impl;        \
+    zi_status st = ZI_OK;                     \
+    CU_TRY(set_device(cu))
+
+// ----------------------------------------------------------------------------------------------
+// device count and creation
+
+int zi_cuda_device_count_impl(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        zi_fail(ZI_ERR_CUDA, "no usable CUDA driver or GPU: cudaGetDeviceCount failed: %s", cudaGetErrorString(e));
+        return 0;
+    }
+    return n;
+}
+
+static void cuda_destroy(ZiCuda *cu) {
+    if (!cu) return;
+    for (int i = 0; i < cu->nplans; i++) {
+        cublasLtMatrixLayoutDestroy(cu->plans[i].la);
+        cublasLtMatrixLayoutDestroy(cu->plans[i].lb);
+        cublasLtMatrixLayoutDestroy(cu->plans[i].lc);
+        cublasLtMatmulDescDestroy(cu->plans[i].desc);
+    }
+    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) cudaFree(sc[i]->p);
+    for (int i = 0; i < 2; i++) {
+        cudaFreeHost(cu->pinned[i]);
+        cudaFree(cu->dstage[i]);
+        if (cu->stage_ev[i]) cudaEventDestroy(cu->stage_ev[i]);
+    }
+    cudaFree(cu->workspace);
+    if (cu->lt) cublasLtDestroy(cu->lt);
+    if (cu->stream) cudaStreamDestroy(cu->stream);
+    pthread_mutex_destroy(&cu->lock);
+    free(cu);
+}
+
+zi_status zi_backend_cuda_create(int device, ZiBackend **out) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = NULL;
+    ZiCuda *cu = NULL;
+    *out = NULL;
+    ZI_CALLOC(be, 1, sizeof *be);
+    ZI_CALLOC(cu, 1, sizeof *cu);
+    pthread_mutex_init(&cu->lock, NULL);
+    cu->device = device;
+    snprintf(cu->name, sizeof cu->name, "cuda:%d", device);
+    const char *sync = getenv("ZIMAGE_SYNC");
+    cu->sync_each_op = sync && sync[0] && strcmp(sync, "0") != 0;
+    const char *amb = getenv("ZIMAGE_ATTN_SCRATCH_MB");
+    cu->attn_bytes = (size_t)(amb && atoi(amb) > 0 ? atoi(amb) : ATTN_SCRATCH_MB) << 20;
+    CU_TRY(cudaSetDevice(device));
+    CU_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
+    for (int i = 0; i < 2; i++) CU_TRY(cudaEventCreateWithFlags(&cu->stage_ev[i], cudaEventDisableTiming));
+    LT_TRY(cublasLtCreate(&cu->lt));
+    ZI_TRY(dev_malloc(cu, &cu->workspace, LT_WORKSPACE));
+    be->ops = &zi_ops_cuda;
+    be->name = cu->name;
+    be->device = device;
+    be->act_size = 2;
+    be->weight_size = 2;
+    be->impl = cu;
+    *out = be;
+    return ZI_OK;
+fail:
+    zi_fail_context(st, "creating the CUDA backend on device %d", device);
+    cuda_destroy(cu);
+    free(be);
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// memory and transfers
+
+static zi_status cuda_alloc(ZiBackend *be, void **ptr, size_t bytes) {
+    OP_BEGIN(be);
+    *ptr = NULL;
+    ZI_TRY(dev_malloc(cu, ptr, bytes));
+    CU_TRY(cudaMemsetAsync(*ptr, 0, bytes, cu->stream));
+    return op_end(cu, "alloc");
+fail:
+    return st;
+}
+
+static void cuda_free(ZiBackend *be, void *ptr) {
+    if (!ptr) return;
+    ZiCuda *cu = be->impl;
+    set_device(cu);
+    cudaFree(ptr);
+}
+
+/* pinned host and device staging buffers, on first use (caller holds the lock) */
+static zi_status ensure_staging(ZiCuda *cu) {
+    zi_status st = ZI_OK;
+    for (int i = 0; i < 2; i++) {
+        if (!cu->pinned[i]) CU_TRY(cudaHostAlloc(&cu->pinned[i], STAGE_BYTES, cudaHostAllocDefault));
+        if (!cu->dstage[i]) ZI_TRY(dev_malloc(cu, &cu->dstage[i], STAGE_BYTES));
+    }
+    return ZI_OK;
+fail:
+    return st;
+}
+
+/* host src[n] of dtype (0 f32, 1 bf16, 2 f16) -> device bf16 dst[n], in STAGE_BYTES chunks through two
+   pinned buffers: the CPU fills buffer i while the GPU copies and converts buffer i^1 */
+static zi_status upload_bf16(ZiCuda *cu, void *dst, const void *src, int dtype, size_t n) {
+    zi_status st = ZI_OK;
+    size_t es = dtype == 0 ? 4 : 2, chunk = STAGE_BYTES / es;
+    pthread_mutex_lock(&cu->lock);
+    ZI_TRY(ensure_staging(cu));
+    int i = 0;
+    for (size_t off = 0; off < n; off += chunk, i ^= 1) {
+        size_t cnt = n - off < chunk ? n - off : chunk;
+        CU_TRY(cudaEventSynchronize(cu->stage_ev[i])); /* buffer i's last copy and conversion are done */
+        memcpy(cu->pinned[i], (const char *)src + off * es, cnt * es);
+        if (dtype == 1) {
+            CU_TRY(cudaMemcpyAsync((char *)dst + off * 2, cu->pinned[i], cnt * 2, cudaMemcpyHostToDevice, cu->stream));
+        } else {
+            CU_TRY(cudaMemcpyAsync(cu->dstage[i], cu->pinned[i], cnt * es, cudaMemcpyHostToDevice, cu->stream));
+            CU_TRY(zi_to_bf16_cuda((char *)dst + off * 2, cu->dstage[i], dtype, cnt, cu->stream));
+        }
+        CU_TRY(cudaEventRecord(cu->stage_ev[i], cu->stream));
+    }
+fail:
+    pthread_mutex_unlock(&cu->lock);
+    return st;
+}
+
+static zi_status cuda_upload(ZiBackend *be, void *dst, const float *src, size_t n) {
+    OP_BEGIN(be);
+    ZI_TRY(upload_bf16(cu, dst, src, 0, n));
+    return op_end(cu, "upload");
+fail:
+    return st;
+}
+
+static zi_status cuda_upload_weight(ZiBackend *be, void *dst, const void *src, ZiDtype dt, size_t n) {
+    OP_BEGIN(be);
+    int code = dt == ZI_DT_F32 ? 0 : dt == ZI_DT_BF16 ? 1 : dt == ZI_DT_F16 ? 2 : -1;
+    if (code < 0) return zi_fail(ZI_ERR_FORMAT, "cannot load weights of dtype %s", st_dtype_name(dt));
+    ZI_TRY(upload_bf16(cu, dst, src, code, n));
+    return op_end(cu, "upload_weight");
+fail:
+    return st;
+}
+
+static zi_status cuda_upload_f32(ZiBackend *be, float *dst, const float *src, size_t n) {
+    OP_BEGIN(be);
+    /* pageable source: returns once the data is staged, so the caller may free src */
+    CU_TRY(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, cu->stream));
+    return op_end(cu, "upload_f32");
+fail:
+    return st;
+}
+
+/* device bf16 src[n] -> host f32 dst[n]: convert on the GPU into staging, copy back, repeat */
+static zi_status cuda_download(ZiBackend *be, float *dst, const void *src, size_t n) {
+    OP_BEGIN(be);
+    size_t chunk = STAGE_BYTES / sizeof(float);
+    pthread_mutex_lock(&cu->lock);
+    st = ensure_staging(cu);
+    for (size_t off = 0; st == ZI_OK && off < n; off += chunk) {
+        size_t cnt = n - off < chunk ? n - off : chunk;
+        cudaError_t e = zi_bf16_to_f32_cuda(cu->dstage[0], (const char *)src + off * 2, cnt, cu->stream);
+        if (e == cudaSuccess) e = cudaMemcpyAsync(cu->pinned[0], cu->dstage[0], cnt * 4, cudaMemcpyDeviceToHost, cu->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(cu->stream);
+        if (e != cudaSuccess) st = cuda_fail("download (convert, copy, synchronize)", __FILE__, __LINE__, e);
+        else memcpy(dst + off, cu->pinned[0], cnt * 4);
+    }
+    pthread_mutex_unlock(&cu->lock);
+    return st;
+fail:
+    return st;
+}
+
+static zi_status cuda_synchronize(ZiBackend *be) {
+    OP_BEGIN(be);
+    CU_TRY(cudaStreamSynchronize(cu->stream));
+    CU_TRY(cudaGetLastError());
+    return ZI_OK;
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// cuBLASLt
+
+/* largest power of two dividing the address, capped at 256 (what cuBLASLt's alignment prefs take) */
+static int ptr_align(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    int al = 1;
+    while (al < 256 && (a & (uintptr_t)(2 * al - 1)) == 0) al *= 2;
+    return al;
+}
+
+static zi_status lt_plan_create(ZiCuda *cu, LtPlan *p) {
+    zi_status st = ZI_OK;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasOperation_t opa = p->opa ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p->opb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    if (p->bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bt = CUDA_R_16BF;
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, p->opa ? p->k : p->m, p->opa ? p->m : p->k, p->lda));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, p->opb ? p->n : p->k, p->opb ? p->k : p->n, p->ldb));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->lc, p->c_f32 ? CUDA_R_32F : CUDA_R_16BF, p->m, p->n, p->ldc));
+    LT_TRY(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = LT_WORKSPACE;
+    /* split-K partial sums in fp32 only, never in the bf16 output type */
+    uint32_t red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &red, sizeof red));
+    uint32_t aa = (uint32_t)p->align_a, ab = (uint32_t)p->align_b, ac = (uint32_t)p->align_c;
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof aa));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof ab));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac));
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(cu->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres);
+    p->found = hs == CUBLAS_STATUS_SUCCESS && nres > 0;
+    if (p->found) p->algo = res.algo;
+    cublasLtMatmulPreferenceDestroy(pref);
+    return ZI_OK;
+fail:
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+    if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    memset(p, 0, sizeof *p);
+    return st;
+}
+
+/* column-major C[m,n] = alpha op(A) op(B) (+ bias[m]) + beta C; A, B bf16, C bf16 (c_f32 = 0) or f32,
+   fp32 compute. *done = 0 when cuBLASLt has no algorithm for this problem (the caller falls back).
+   Caller holds the lock. */
+static zi_status lt_matmul(ZiCuda *cu, int m, int n, int k, const void *A, int lda, int opa, const void *B, int ldb,
+                           int opb, void *C, int ldc, int c_f32, const void *bias, float alpha, float beta, int *done) {
+    zi_status st = ZI_OK;
+    LtPlan key = {.m = m, .n = n, .k = k, .lda = lda, .ldb = ldb, .ldc = ldc, .opa = opa, .opb = opb,
+                  .bias = bias != NULL, .beta1 = beta != 0.0f, .c_f32 = c_f32, .align_a = ptr_align(A),
+                  .align_b = ptr_align(B), .align_c = ptr_align(C)};
+    LtPlan *p = NULL;
+    *done = 0;
+    for (int i = 0; i < cu->nplans && !p; i++) {
+        LtPlan *q = &cu->plans[i];
+        if (q->m == m && q->n == n && q->k == k && q->lda == lda && q->ldb == ldb && q->ldc == ldc && q->opa == opa &&
+            q->opb == opb && q->bias == key.bias && q->beta1 == key.beta1 && q->c_f32 == c_f32 && q->align_a == key.align_a &&
+            q->align_b == key.align_b && q->align_c == key.align_c)
+            p = q;
+    }
+    if (!p) {
+        if (cu->nplans < LT_CACHE) {
+            p = &cu->plans[cu->nplans++];
+        } else { /* full: replace plans round robin */
+            p = &cu->plans[cu->evict];
+            cu->evict = (cu->evict + 1) % LT_CACHE;
+            cublasLtMatrixLayoutDestroy(p->la);
+            cublasLtMatrixLayoutDestroy(p->lb);
+            cublasLtMatrixLayoutDestroy(p->lc);
+            cublasLtMatmulDescDestroy(p->desc);
+        }
+        *p = key;
+        st = lt_plan_create(cu, p);
+        if (st != ZI_OK) {
+            *p = cu->plans[--cu->nplans]; /* drop the half-made slot (kept compact) */
+            return st;
+        }
+    }
+    if (!p->found) return ZI_OK;
+    if (bias) LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    cublasStatus_t s = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->algo,
+                                      cu->workspace, LT_WORKSPACE, cu->stream);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED) { p->found = 0; return ZI_OK; }
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return zi_fail(ZI_ERR_CUBLAS, "cublasLtMatmul (m=%d n=%d k=%d) failed on %s: %s", m, n, k, cu->name,
+                       cublasLtGetStatusString(s));
+    *done = 1;
+    return ZI_OK;
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// linear algebra
+
+/* row-major out[M,N] = in[M,K] @ w[N,K]^T + bias[N] is column-major out^T[N,M] = w^T(op T) in^T(op N):
+   cuBLASLt m = N, n = M, A = w (lda K, transposed), B = in (ldb K), C = out (ldc N); the bias
+   epilogue adds per row of the column-major C, i.e. per output feature. */
+static zi_status cuda_matmul(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int M, int K,
+                             int N) {
+    OP_BEGIN(be);
+    if (M <= 0 || N <= 0) return ZI_OK;
+    if (K <= 0) return zi_fail(ZI_ERR_ARG, "matmul: reduction size K = %d", K);
+    int done = 0, epi_bias = bias && ((uintptr_t)bias & 15u) == 0;
+    pthread_mutex_lock(&cu->lock);
+    st = lt_matmul(cu, N, M, K, w, K, 1, in, K, 0, out, N, 0, epi_bias ? bias : NULL, 1.0f, 0.0f, &done);
+    pthread_mutex_unlock(&cu->lock);
+    if (st != ZI_OK) return st;
+    if (!done) {
+        CU_TRY(zi_matmul_fallback_cuda(out, in, w, bias, M, K, N, cu->stream));
+    } else if (bias && !epi_bias) {
+        CU_TRY(zi_add_bias_cuda(out, bias, M, N, cu->stream));
+    }
+    return op_end(cu, "matmul");
+fail:
+    return st;
+}
+
+/* Attention for HD > 128 (the VAE's single 512-wide head) as chunked GEMMs on the tensor cores:
+   for each head and each chunk of `chunk` query rows i0.., with nk keys (all, or up to the chunk's
+   last row when causal),
+     scores[sq, nk] (fp32) = scale * q_chunk k^T   cuBLASLt m = nk, n = sq, k = HD, A = k (op T), B = q
+     P[sq, nk] (bf16)      = row softmax           zi_softmax_rows_cuda
+     out_chunk[sq, HD]     = P v                   cuBLASLt m = HD, n = sq, k = nk, A = v, B = P
+   Scores and P of one chunk live in cu->attn (at most attn_bytes), never the whole SxS matrix.
+   *done = 0 when cuBLASLt has no algorithm (the caller falls back to the CUDA-core kernel). */
+static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void *k, const void *v, int S, int NH,
+                                int NKV, int HD, int causal, float scale, int *done) {
+    zi_status st = ZI_OK;
+    size_t row_bytes = (size_t)S * (sizeof(float) + 2);
+    size_t chunk = cu->attn_bytes / row_bytes & ~(size_t)15;
+    if (chunk < 16) chunk = 16;
+    if (chunk > (size_t)S) chunk = (size_t)S;
+    *done = 0;
+    ZI_TRY(scratch_reserve(cu, &cu->attn, chunk * row_bytes));
+    float *sc = cu->attn.p;
+    void *P = (char *)cu->attn.p + chunk * (size_t)S * sizeof(float);
+    size_t qs = (size_t)NH * HD, kvs = (size_t)NKV * HD;
+    for (int h = 0; h < NH; h++) {
+        const char *kh = (const char *)k + (size_t)(h / (NH / NKV)) * HD * 2;
+        const char *vh = (const char *)v + (size_t)(h / (NH / NKV)) * HD * 2;
+        for (int i0 = 0; i0 < S; i0 += (int)chunk) {
+            int sq = S - i0 < (int)chunk ? S - i0 : (int)chunk, nk = causal ? (i0 + sq < S ? i0 + sq : S) : S, ok = 0;
+            const char *qc = (const char *)q + ((size_t)i0 * qs + (size_t)h * HD) * 2;
+            char *oc = (char *)out + ((size_t)i0 * qs + (size_t)h * HD) * 2;
+            ZI_TRY(lt_matmul(cu, nk, sq, HD, kh, (int)kvs, 1, qc, (int)qs, 0, sc, S, 1, NULL, scale, 0.0f, &ok));
+            if (!ok) return ZI_OK;
+            CU_TRY(zi_softmax_rows_cuda(P, sc, sq, nk, S, i0, causal, cu->stream));
+            ZI_TRY(lt_matmul(cu, HD, sq, nk, vh, (int)kvs, 0, P, S, 0, oc, (int)qs, 0, NULL, 1.0f, 0.0f, &ok));
+            if (!ok) return ZI_OK;
+        }
+    }
+    *done = 1;
+    return ZI_OK;
+fail:
+    return st;
+}
+
+static zi_status cuda_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
+                                int NKV, int HD, int causal, float scale) {
+    OP_BEGIN(be);
+    if (NKV <= 0 || NH % NKV)
+        return zi_fail(ZI_ERR_ARG, "attention: %d query heads not a multiple of %d kv heads", NH, NKV);
+    if (HD <= 0 || HD > 1024) return zi_fail(ZI_ERR_ARG, "attention: head dim %d not supported on CUDA (1..1024)", HD);
+    if (S <= 0) return ZI_OK;
+    int done = 0;
+    if (HD > 128) {
+        pthread_mutex_lock(&cu->lock);
+        st = attention_gemm(cu, out, q, k, v, S, NH, NKV, HD, causal, scale, &done);
+        pthread_mutex_unlock(&cu->lock);
+        if (st != ZI_OK) return st;
+    }
+    if (!done) CU_TRY(zi_attention_cuda(out, q, k, v, S, NH, NKV, HD, causal, scale, cu->stream));
+    return op_end(cu, "attention");
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// normalisation
+
+static zi_status cuda_rmsnorm(ZiBackend *be, void *out, const void *in, const void *w, int M, int D, float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rmsnorm_cuda(out, in, w, M, D, eps, cu->stream));
+    return op_end(cu, "rmsnorm");
+fail:
+    return st;
+}
+
+static zi_status cuda_layernorm(ZiBackend *be, void *out, const void *in, int M, int D, float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_layernorm_cuda(out, in, M, D, eps, cu->stream));
+    return op_end(cu, "layernorm");
+fail:
+    return st;
+}
+
+static zi_status cuda_groupnorm(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta, int B,
+                                int C, int HW, int G, float eps, int silu) {
+    OP_BEGIN(be);
+    if (G <= 0 || C % G) return zi_fail(ZI_ERR_ARG, "groupnorm: %d channels not divisible by %d groups", C, G);
+    if ((long)B * G > 65535) return zi_fail(ZI_ERR_ARG, "groupnorm: %d x %d groups is too many", B, G);
+    pthread_mutex_lock(&cu->lock);
+    st = scratch_reserve(cu, &cu->stats, sizeof(double) * 2 * (size_t)B * G);
+    if (st == ZI_OK) {
+        cudaError_t e = zi_groupnorm_cuda(out, in, gamma, beta, B, C, (size_t)HW, G, eps, silu, cu->stats.p, cu->stream);
+        if (e != cudaSuccess) st = cuda_fail("zi_groupnorm_cuda", __FILE__, __LINE__, e);
+    }
+    pthread_mutex_unlock(&cu->lock);
+    if (st != ZI_OK) return st;
+    return op_end(cu, "groupnorm");
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// elementwise
+
+static zi_status cuda_add(ZiBackend *be, void *out, const void *a, const void *b, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_binary_cuda(out, a, b, ZI_BINARY_ADD, n, cu->stream));
+    return op_end(cu, "add");
+fail:
+    return st;
+}
+
+static zi_status cuda_swiglu(ZiBackend *be, void *out, const void *gate, const void *up, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_binary_cuda(out, gate, up, ZI_BINARY_SWIGLU, n, cu->stream));
+    return op_end(cu, "swiglu");
+fail:
+    return st;
+}
+
+static zi_status unary(ZiBackend *be, void *out, const void *in, int op, float s, size_t n, const char *name) {
+    OP_BEGIN(be);
+    CU_TRY(zi_unary_cuda(out, in, op, s, n, cu->stream));
+    return op_end(cu, name);
+fail:
+    return st;
+}
+
+static zi_status cuda_scale(ZiBackend *be, void *out, const void *in, float s, size_t n) {
+    return unary(be, out, in, ZI_UNARY_SCALE, s, n, "scale");
+}
+static zi_status cuda_one_plus(ZiBackend *be, void *out, const void *in, size_t n) {
+    return unary(be, out, in, ZI_UNARY_ONE_PLUS, 0.0f, n, "one_plus");
+}
+static zi_status cuda_tanh(ZiBackend *be, void *out, const void *in, size_t n) {
+    return unary(be, out, in, ZI_UNARY_TANH, 0.0f, n, "tanh");
+}
+static zi_status cuda_silu(ZiBackend *be, void *out, const void *in, size_t n) {
+    return unary(be, out, in, ZI_UNARY_SILU, 0.0f, n, "silu");
+}
+
+static zi_status cuda_mul_rows(ZiBackend *be, void *out, const void *in, const void *s, int M, int D) {
+    OP_BEGIN(be);
+    CU_TRY(zi_mul_rows_cuda(out, in, s, M, D, cu->stream));
+    return op_end(cu, "mul_rows");
+fail:
+    return st;
+}
+
+static zi_status cuda_add_gated(ZiBackend *be, void *x, const void *y, const void *g, int M, int D) {
+    OP_BEGIN(be);
+    CU_TRY(zi_add_gated_cuda(x, y, g, M, D, cu->stream));
+    return op_end(cu, "add_gated");
+fail:
+    return st;
+}
+
+static zi_status cuda_rope(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rope_cuda(x, cs, S, NH, HD, interleaved, cu->stream));
+    return op_end(cu, "rope");
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// data movement
+
+static zi_status cuda_copy(ZiBackend *be, void *dst, const void *src, size_t n) {
+    OP_BEGIN(be);
+    size_t bytes = n * 2;
+    if (bytes == 0 || dst == src) return ZI_OK;
+    const char *d = dst, *s = src;
+    if (d < s + bytes && s < d + bytes) { /* overlapping (memmove semantics): go through scratch */
+        pthread_mutex_lock(&cu->lock);
+        st = scratch_reserve(cu, &cu->tmp, bytes);
+        cudaError_t e = cudaSuccess;
+        if (st == ZI_OK) e = cudaMemcpyAsync(cu->tmp.p, src, bytes, cudaMemcpyDeviceToDevice, cu->stream);
+        if (st == ZI_OK && e == cudaSuccess) e = cudaMemcpyAsync(dst, cu->tmp.p, bytes, cudaMemcpyDeviceToDevice, cu->stream);
+        if (e != cudaSuccess) st = cuda_fail("cudaMemcpyAsync (overlapping copy)", __FILE__, __LINE__, e);
+        pthread_mutex_unlock(&cu->lock);
+        if (st != ZI_OK) return st;
+    } else {
+        CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu->stream));
+    }
+    return op_end(cu, "copy");
+fail:
+    return st;
+}
+
+static zi_status cuda_fill_rows(ZiBackend *be, void *dst, const void *row, int M, int D) {
+    OP_BEGIN(be);
+    CU_TRY(zi_fill_rows_cuda(dst, row, M, D, cu->stream));
+    return op_end(cu, "fill_rows");
+fail:
+    return st;
+}
+
+static zi_status cuda_embedding(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D) {
+    OP_BEGIN(be);
+    if (L <= 0) return ZI_OK;
+    pthread_mutex_lock(&cu->lock);
+    st = scratch_reserve(cu, &cu->ids, (size_t)L * sizeof(int32_t));
+    cudaError_t e = cudaSuccess;
+    if (st == ZI_OK) e = cudaMemcpyAsync(cu->ids.p, ids, (size_t)L * sizeof(int32_t), cudaMemcpyHostToDevice, cu->stream);
+    if (st == ZI_OK && e == cudaSuccess) e = zi_embedding_cuda(out, table, cu->ids.p, L, D, cu->stream);
+    if (e != cudaSuccess) st = cuda_fail("embedding (ids copy, gather)", __FILE__, __LINE__, e);
+    pthread_mutex_unlock(&cu->lock);
+    if (st != ZI_OK) return st;
+    return op_end(cu, "embedding");
+fail:
+    return st;
+}
+
+static zi_status cuda_transpose(ZiBackend *be, void *out, const void *in, int M, int N) {
+    OP_BEGIN(be);
+    CU_TRY(zi_transpose_cuda(out, in, M, N, cu->stream));
+    return op_end(cu, "transpose");
+fail:
+    return st;
+}
+
+static zi_status cuda_patchify(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH,
+                               int pW) {
+    OP_BEGIN(be);
+    CU_TRY(zi_patch_cuda(out, (void *)in, C, F, H, W, pF, pH, pW, 1, cu->stream));
+    return op_end(cu, "patchify");
+fail:
+    return st;
+}
+
+static zi_status cuda_unpatchify(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH,
+                                 int pW) {
+    OP_BEGIN(be);
+    CU_TRY(zi_patch_cuda((void *)in, out, C, F, H, W, pF, pH, pW, 0, cu->stream));
+    return op_end(cu, "unpatchify");
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// images
+
+/* conv2d as GEMM per image b: out_b[Co, P] = w[Co, Ci*k*k] @ col[Ci*k*k, P], P = Ho*Wo output pixels.
+   Column-major that is out_b^T[P, Co] = col^T[P, Kc] w^T[Kc, Co]: cuBLASLt m = pixels, n = Co,
+   A = col (lda = pixels of the chunk), B = w (ldb = Kc), C = out_b + p0 (ldc = P). A 1x1 unpadded
+   conv uses the input as col directly; otherwise im2col fills at most IM2COL_BYTES of columns at
+   a time. The bias is per Co (per column here), which the epilogue cannot add: the output is
+   filled with the bias first and the GEMM accumulates onto it (beta = 1). */
+static zi_status cuda_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                             int H, int W, int Co, int k, int pad) {
+    OP_BEGIN(be);
+    int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+    if (Ho <= 0 || Wo <= 0) return zi_fail(ZI_ERR_ARG, "conv2d: kernel %d larger than padded input %dx%d", k, H, W);
+    size_t P = (size_t)Ho * Wo, Kc = (size_t)Ci * k * k;
+    if (P > 0x7fffffff || Kc > 0x7fffffff) return zi_fail(ZI_ERR_ARG, "conv2d: %dx%d image too large", Ho, Wo);
+    float beta = 0.0f;
+    if (bias) {
+        CU_TRY(zi_fill_planes_cuda(out, bias, B, Co, P, cu->stream));
+        beta = 1.0f;
+    }
+    int direct = k == 1 && pad == 0;
+    size_t chunk = P;
+    if (!direct && Kc * P * 2 > IM2COL_BYTES) {
+        chunk = IM2COL_BYTES / (Kc * 2) & ~(size_t)255;
+        if (chunk < 256) chunk = 256;
+    }
+    pthread_mutex_lock(&cu->lock);
+    if (!direct) st = scratch_reserve(cu, &cu->col, Kc * chunk * 2);
+    for (int b = 0; st == ZI_OK && b < B; b++) {
+        const char *in_b = (const char *)in + (size_t)b * Ci * H * W * 2;
+        char *out_b = (char *)out + (size_t)b * Co * P * 2;
+        for (size_t p0 = 0; st == ZI_OK && p0 < P; p0 += chunk) {
+            int np = (int)(P - p0 < chunk ? P - p0 : chunk), done = 0;
+            const void *A = in_b;
+            if (!direct) {
+                cudaError_t e = zi_im2col_cuda(cu->col.p, in_b, Ci, H, W, k, pad, p0, np, cu->stream);
+                if (e != cudaSuccess) { st = cuda_fail("zi_im2col_cuda", __FILE__, __LINE__, e); break; }
+                A = cu->col.p;
+            }
+            st = lt_matmul(cu, np, Co, (int)Kc, A, np, 0, w, (int)Kc, 0, out_b + p0 * 2, (int)P, 0, NULL, 1.0f, beta, &done);
+            if (st == ZI_OK && !done)
+                st = zi_fail(ZI_ERR_CUBLAS, "conv2d: cuBLASLt has no algorithm for %d pixels x %d channels x K=%zu", np, Co, Kc);
+        }
+    }
+    pthread_mutex_unlock(&cu->lock);
+    if (st != ZI_OK) return st;
+    return op_end(cu, "conv2d");
+fail:
+    return st;
+}
+
+static zi_status cuda_upsample2x(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W) {
+    OP_BEGIN(be);
+    CU_TRY(zi_upsample2x_cuda(out, in, B, C, H, W, cu->stream));
+    return op_end(cu, "upsample2x");
+fail:
+    return st;
+}
+
+static const ZiOps zi_ops_cuda = {
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .upload_weight = cuda_upload_weight,
+    .upload_f32 = cuda_upload_f32,
+    .download = cuda_download,
+    .synchronize = cuda_synchronize,
+    .matmul = cuda_matmul,
+    .attention = cuda_attention,
+    .rmsnorm = cuda_rmsnorm,
+    .layernorm = cuda_layernorm,
+    .groupnorm = cuda_groupnorm,
+    .add = cuda_add,
+    .scale = cuda_scale,
+    .one_plus = cuda_one_plus,
+    .tanh = cuda_tanh,
+    .silu = cuda_silu,
+    .swiglu = cuda_swiglu,
+    .mul_rows = cuda_mul_rows,
+    .add_gated = cuda_add_gated,
+    .rope = cuda_rope,
+    .copy = cuda_copy,
+    .fill_rows = cuda_fill_rows,
+    .embedding = cuda_embedding,
+    .transpose = cuda_transpose,
+    .patchify = cuda_patchify,
+    .unpatchify = cuda_unpatchify,
+    .conv2d = cuda_conv2d,
+    .upsample2x = cuda_upsample2x,
+};

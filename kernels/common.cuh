@@ -1,0 +1,83 @@
+/*
+ * common.cuh - small device helpers shared by the kernels: bf16 <-> f32, 8-wide packed
+ * loads/stores, warp and block reductions, grid sizing. Defines: bf16, ld8/st8, warp_sum,
+ * warp_max, block_sum, block_max, grid_for, is_aligned16.
+ */
+#ifndef ZI_COMMON_CUH
+#define ZI_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "zi_kernels.h"
+
+typedef __nv_bfloat16 bf16;
+
+static __device__ __forceinline__ float b2f(bf16 x) { return __bfloat162float(x); }
+static __device__ __forceinline__ bf16 f2b(float x) { return __float2bfloat16_rn(x); }
+
+/* 8 bf16 <-> 8 floats through one 16-byte access */
+static __device__ __forceinline__ void ld8(float f[8], const bf16 *p) {
+    uint4 u = *reinterpret_cast<const uint4 *>(p);
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+static __device__ __forceinline__ void st8(bf16 *p, const float f[8]) {
+    uint4 u;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    *reinterpret_cast<uint4 *>(p) = u;
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+   `red` is shared scratch of 32 floats. */
+static __device__ __forceinline__ float block_sum(float v, float *red) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads(); /* all partial sums written */
+    v = lane < nw ? red[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+/* Max over the block, as block_sum. */
+static __device__ __forceinline__ float block_max(float v, float *red) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads(); /* all partial maxima written */
+    v = lane < nw ? red[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+static inline bool is_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* blocks for n items at `per_block` items per block, capped for grid-stride loops */
+static inline unsigned grid_for(size_t n, size_t per_block) {
+    size_t g = (n + per_block - 1) / per_block;
+    if (g > 65535u * 8u) g = 65535u * 8u;
+    return (unsigned)(g ? g : 1);
+}
+
+#endif /* ZI_COMMON_CUH */

@@ -1,0 +1,89 @@
+/*
+ * zi_kernels.h - the C prototypes of every CUDA launcher in the kernels/ .cu files, included by
+ * csrc/ops_cuda.c. Activation and weight buffers are bf16 (passed as void *), statistics and
+ * tables are fp32. Every launcher enqueues on `stream` and returns cudaGetLastError(), so the
+ * caller can record which launch failed. Shapes follow csrc/ops.h.
+ */
+#ifndef ZI_KERNELS_H
+#define ZI_KERNELS_H
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- conversion (convert.cu) ---- */
+/* dst bf16[n] = src[n] of dtype src_dtype: 0 = f32, 1 = bf16, 2 = f16 (round to nearest even) */
+cudaError_t zi_to_bf16_cuda(void *dst, const void *src, int src_dtype, size_t n, cudaStream_t stream);
+/* dst f32[n] = src bf16[n] */
+cudaError_t zi_bf16_to_f32_cuda(float *dst, const void *src, size_t n, cudaStream_t stream);
+
+/* ---- elementwise (elementwise.cu) ---- */
+enum { ZI_UNARY_SCALE, ZI_UNARY_ONE_PLUS, ZI_UNARY_TANH, ZI_UNARY_SILU };
+/* out[n] = f(in[n]); s is the factor for ZI_UNARY_SCALE */
+cudaError_t zi_unary_cuda(void *out, const void *in, int op, float s, size_t n, cudaStream_t stream);
+enum { ZI_BINARY_ADD, ZI_BINARY_SWIGLU };
+/* out[n] = a + b, or silu(a) * b */
+cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, int op, size_t n, cudaStream_t stream);
+/* out[M,D] = in[M,D] * s[D] */
+cudaError_t zi_mul_rows_cuda(void *out, const void *in, const void *s, int M, int D, cudaStream_t stream);
+/* x[M,D] += g[D] * y[M,D]  (g NULL: x += y) */
+cudaError_t zi_add_gated_cuda(void *x, const void *y, const void *g, int M, int D, cudaStream_t stream);
+/* x[M,N] += bias[N] (used when the matmul bias cannot go through the cuBLASLt epilogue) */
+cudaError_t zi_add_bias_cuda(void *x, const void *bias, int M, int N, cudaStream_t stream);
+/* out[B,C,HW] = bias[C] broadcast over each plane */
+cudaError_t zi_fill_planes_cuda(void *out, const void *bias, int B, int C, size_t HW, cudaStream_t stream);
+/* dst[M,D] = row[D] */
+cudaError_t zi_fill_rows_cuda(void *dst, const void *row, int M, int D, cudaStream_t stream);
+/* out[L,D] = table[ids[l], :]; ids is a device int32[L] */
+cudaError_t zi_embedding_cuda(void *out, const void *table, const int32_t *ids, int L, int D, cudaStream_t stream);
+/* out[N,M] = in[M,N]^T */
+cudaError_t zi_transpose_cuda(void *out, const void *in, int M, int N, cudaStream_t stream);
+/* to_tokens = 1: img[C,F,H,W] -> tok[(F/pF)(H/pH)(W/pW), pF*pH*pW*C]; 0: the inverse */
+cudaError_t zi_patch_cuda(void *tok, void *img, int C, int F, int H, int W, int pF, int pH, int pW, int to_tokens,
+                          cudaStream_t stream);
+/* out[B,C,2H,2W] = nearest 2x of in[B,C,H,W] */
+cudaError_t zi_upsample2x_cuda(void *out, const void *in, int B, int C, int H, int W, cudaStream_t stream);
+/* col[Ci*k*k, np] = patches of in[Ci,H,W] for output pixels p0 .. p0+np (stride 1, zero pad) */
+cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int k, int pad, size_t p0, int np,
+                           cudaStream_t stream);
+
+/* ---- normalisation (norm.cu) ---- */
+/* out[M,D] = in / sqrt(mean(in^2) + eps) (* w[D] if w) */
+cudaError_t zi_rmsnorm_cuda(void *out, const void *in, const void *w, int M, int D, float eps, cudaStream_t stream);
+/* out[M,D] = (in - mean) / sqrt(var + eps) */
+cudaError_t zi_layernorm_cuda(void *out, const void *in, int M, int D, float eps, cudaStream_t stream);
+/* out[B,C,HW] = groupnorm(in) (* gamma + beta) (then SiLU); stats: device double[2*B*G] scratch */
+cudaError_t zi_groupnorm_cuda(void *out, const void *in, const void *gamma, const void *beta, int B, int C, size_t HW,
+                              int G, float eps, int silu, double *stats, cudaStream_t stream);
+
+/* ---- position (rope.cu) ---- */
+/* x[S,NH,HD] rotated in place by cs[S,HD/2,2] (fp32); interleaved pairs (2j,2j+1), else (j,j+HD/2) */
+cudaError_t zi_rope_cuda(void *x, const float *cs, int S, int NH, int HD, int interleaved, cudaStream_t stream);
+
+/* ---- attention (attention.cu) ---- */
+/* out[S,NH*HD] = softmax(q k^T * scale (+ causal mask)) v per head; q[S,NH*HD], k/v[S,NKV*HD].
+   Tensor-core kernel for HD in {32,64,96,128} with 16-byte aligned buffers and scale > 0; a CUDA-core
+   kernel for any other HD up to 1024 (ops_cuda.c sends HD > 128 to cuBLASLt GEMMs first).
+   cudaErrorInvalidValue for a head dim it cannot take. */
+cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV, int HD,
+                              int causal, float scale, cudaStream_t stream);
+
+/* p[r, j] (bf16) = softmax_j(s[r, j]) over j < cols (row stride ld, fp32 scores already scaled); causal:
+   only j <= row0 + r count, the rest of the row is 0. Used by the GEMM attention path for HD > 128. */
+cudaError_t zi_softmax_rows_cuda(void *p, const float *s, int rows, int cols, int ld, int row0, int causal,
+                                 cudaStream_t stream);
+
+/* ---- matmul fallback (matmul.cu) ---- */
+/* out[M,N] = in[M,K] @ w[N,K]^T (+ bias[N]); plain tiled kernel used only when cuBLASLt finds no algorithm */
+cudaError_t zi_matmul_fallback_cuda(void *out, const void *in, const void *w, const void *bias, int M, int K, int N,
+                                    cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ZI_KERNELS_H */

@@ -1,0 +1,636 @@
+/*
+ * test_ops_cuda.c - every op of the CUDA backend against the fp32 CPU backend, ggml
+ * test-backend-ops style, with flash-attention's tolerance rule: on random fp32 inputs,
+ *   ref  = CPU op on the fp32 inputs,
+ *   pt   = bf16(CPU op on bf16-rounded inputs)     (what a same-precision computation gets),
+ *   cuda = the CUDA op (bf16 storage, fp32 arithmetic),
+ * and each op passes when no NaN/Inf appears where ref is finite and
+ *   max|cuda - ref| <= 2 * max|pt - ref| + atol,  atol = 2^-9 * max|ref| (half a bf16 ulp at the top).
+ * Device outputs are poisoned with NaN before the op (unwritten elements show up as NaN) and
+ * followed by a canary region checked afterwards (out-of-bounds writes). Odd sizes, S = 1,
+ * S off the tile, odd D and unaligned pointers are included. One line per case, then
+ * "N passed, M failed"; exit status 1 on any failure, 77 when there is no GPU (skip).
+ * Usage: test_ops_cuda [substring]   (only the cases whose name contains it, e.g. "attention")
+ *
+ * Build (repo root; CUDA=/usr/local/cuda; use -gencode for your GPU, e.g. arch=compute_90a,code=sm_90a):
+ *   mkdir -p build/test && for f in kernels/ *.cu; do nvcc -c $f -o build/test/$(basename $f).o -O3 -std=c++17 \
+ *       -Ikernels -Icsrc -gencode arch=compute_90a,code=sm_90a; done
+ *   gcc -std=gnu11 -O2 -fopenmp -DZI_WITH_CUDA -Icsrc -Ikernels -I$CUDA/include tests/c/test_ops_cuda.c \
+ *       csrc/ops_cpu.c csrc/ops_cuda.c csrc/backend.c csrc/zi_error.c csrc/safetensors.c csrc/json.c \
+ *       build/test/ *.cu.o -L$CUDA/lib64 -lcublasLt -lcublas -lcudart_static -lstdc++ -lpthread -ldl -lrt -lm \
+ *       -o build/test/test_ops_cuda
+ * (no space in "kernels/ *.cu" and "build/test/ *.cu.o"; it is there to keep this comment closed).
+ * tests/test_ops_cuda.py and benchmarks/kernels/Makefile run exactly these steps.
+ */
+#include "ops.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CANARY 64            /* elements after every device output */
+#define CANARY_VAL 1234.5f
+
+typedef struct T {
+    ZiBackend *cpu, *gpu;
+    int pass, fail;
+    uint64_t rng;
+} T;
+
+static const char *g_filter; /* argv[1]: run only the cases whose name contains it */
+static int skip(const char *name) { return g_filter && !strstr(name, g_filter); }
+
+static float bf(float x) { return zi_bf16_to_f32(zi_f32_to_bf16(x)); }
+
+static float urand(T *t, float lo, float hi) {
+    t->rng ^= t->rng >> 12;
+    t->rng ^= t->rng << 25;
+    t->rng ^= t->rng >> 27;
+    uint64_t r = t->rng * 0x2545F4914F6CDD1DULL;
+    return lo + (hi - lo) * (float)((r >> 40) * (1.0 / 16777216.0));
+}
+
+static void fail_status(T *t, const char *what) {
+    printf("%-44s FAIL  %s: %s\n", what, "op returned an error", zi_last_error());
+    t->fail++;
+}
+
+// ----------------------------------------------------------------------------------------------
+// test tensors: host values h, CPU copy c (fp32), CPU copy r of bf16(h), device copy d
+
+typedef struct Ten {
+    size_t n;
+    float *h, *c, *r;
+    void *base, *d;          /* d = base + off elements; CANARY elements follow d[n) */
+} Ten;
+
+static void ten_init(T *t, Ten *x, size_t n, int off, const float *vals) {
+    memset(x, 0, sizeof *x);
+    x->n = n;
+    size_t tot = n + CANARY + (size_t)off;
+    x->h = malloc(n * sizeof(float) + 4);
+    x->c = malloc(n * sizeof(float) + 4);
+    x->r = malloc(n * sizeof(float) + 4);
+    float *init = malloc(tot * sizeof(float));
+    for (size_t i = 0; i < (size_t)off; i++) init[i] = CANARY_VAL;
+    for (size_t i = 0; i < n; i++) {
+        x->h[i] = vals ? vals[i] : NAN;
+        x->c[i] = vals ? vals[i] : NAN;
+        x->r[i] = vals ? bf(vals[i]) : NAN;
+        init[off + i] = x->h[i];
+    }
+    for (size_t i = 0; i < CANARY; i++) init[off + n + i] = CANARY_VAL;
+    if (t->gpu->ops->alloc(t->gpu, &x->base, tot * 2) != ZI_OK ||
+        t->gpu->ops->upload(t->gpu, x->base, init, tot) != ZI_OK) {
+        fprintf(stderr, "device setup failed: %s\n", zi_last_error());
+        exit(2);
+    }
+    x->d = zi_act(t->gpu, x->base, (size_t)off);
+    free(init);
+}
+
+/* input: uniform [lo, hi) */
+static void ten_rand(T *t, Ten *x, size_t n, float lo, float hi, int off) {
+    float *v = malloc((n + 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = urand(t, lo, hi);
+    ten_init(t, x, n, off, v);
+    free(v);
+}
+
+/* output: NaN-poisoned everywhere */
+static void ten_out(T *t, Ten *x, size_t n, int off) { ten_init(t, x, n, off, NULL); }
+
+static void ten_free(T *t, Ten *x) {
+    free(x->h);
+    free(x->c);
+    free(x->r);
+    t->gpu->ops->free(t->gpu, x->base);
+    memset(x, 0, sizeof *x);
+}
+
+/* download d, check the canary, compare against c (ref) and bf16(r) (pt) */
+static void check(T *t, const char *name, Ten *y) {
+    size_t n = y->n;
+    float *g = malloc((n + CANARY) * sizeof(float));
+    if (t->gpu->ops->download(t->gpu, g, y->d, n + CANARY) != ZI_OK) {
+        fail_status(t, name);
+        free(g);
+        return;
+    }
+    int canary_ok = 1, nan_bad = 0;
+    for (size_t i = 0; i < CANARY; i++) canary_ok &= g[n + i] == bf(CANARY_VAL);
+    double err = 0, err_pt = 0, refmax = 0, sum_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        float ref = y->c[i], pt = bf(y->r[i]);
+        if (!isfinite(ref)) { nan_bad += isfinite(g[i]) != 0; continue; }
+        if (!isfinite(g[i])) { nan_bad++; continue; }
+        double e = fabs((double)g[i] - ref), ep = fabs((double)pt - ref);
+        err = e > err ? e : err;
+        err_pt = ep > err_pt ? ep : err_pt;
+        sum_err += e;
+        refmax = fabs(ref) > refmax ? fabs(ref) : refmax;
+    }
+    double atol = refmax / 512.0 + 1e-30;
+    int ok = canary_ok && !nan_bad && err <= 2 * err_pt + atol;
+    printf("%-44s %s  max|cuda-ref| %.3g (mean %.2g)  max|bf16ref-ref| %.3g  atol %.2g%s%s\n", name, ok ? "ok  " : "FAIL",
+           err, n ? sum_err / n : 0.0, err_pt, atol, canary_ok ? "" : "  CANARY OVERWRITTEN",
+           nan_bad ? "  NaN/Inf MISMATCH" : "");
+    if (ok) t->pass++;
+    else t->fail++;
+    free(g);
+}
+
+#define GPU_OK(t, name, call)                          \
+    do {                                               \
+        if ((call) != ZI_OK) { fail_status(t, name); goto done; } \
+    } while (0)
+
+// ----------------------------------------------------------------------------------------------
+// tests, one function per op
+
+static void test_matmul(T *t, int M, int K, int N, int bias, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "matmul M=%d K=%d N=%d%s%s", M, K, N, bias ? " +bias" : "", off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten x, w, b = {0}, y;
+    ten_rand(t, &x, (size_t)M * K, -1, 1, off);
+    ten_rand(t, &w, (size_t)N * K, -1, 1, 0);
+    if (bias) ten_rand(t, &b, N, -1, 1, off);
+    ten_out(t, &y, (size_t)M * N, 0);
+    t->cpu->ops->matmul(t->cpu, y.c, x.c, w.c, bias ? b.c : NULL, M, K, N);
+    t->cpu->ops->matmul(t->cpu, y.r, x.r, w.r, bias ? b.r : NULL, M, K, N);
+    GPU_OK(t, name, t->gpu->ops->matmul(t->gpu, y.d, x.d, w.d, bias ? b.d : NULL, M, K, N));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &w);
+    if (bias) ten_free(t, &b);
+    ten_free(t, &y);
+}
+
+static void test_attention(T *t, int S, int NH, int NKV, int HD, int causal, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "attention S=%d NH=%d NKV=%d HD=%d%s%s", S, NH, NKV, HD, causal ? " causal" : "",
+             off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten q, k, v, o;
+    float sc = 1.0f / sqrtf((float)HD);
+    ten_rand(t, &q, (size_t)S * NH * HD, -3, 3, off);
+    ten_rand(t, &k, (size_t)S * NKV * HD, -3, 3, 0);
+    ten_rand(t, &v, (size_t)S * NKV * HD, -1, 1, 0);
+    ten_out(t, &o, (size_t)S * NH * HD, 0);
+    t->cpu->ops->attention(t->cpu, o.c, q.c, k.c, v.c, S, NH, NKV, HD, causal, sc);
+    t->cpu->ops->attention(t->cpu, o.r, q.r, k.r, v.r, S, NH, NKV, HD, causal, sc);
+    GPU_OK(t, name, t->gpu->ops->attention(t->gpu, o.d, q.d, k.d, v.d, S, NH, NKV, HD, causal, sc));
+    check(t, name, &o);
+done:
+    ten_free(t, &q);
+    ten_free(t, &k);
+    ten_free(t, &v);
+    ten_free(t, &o);
+}
+
+static void test_rmsnorm(T *t, int M, int D, int weight, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm M=%d D=%d%s%s", M, D, weight ? " w" : "", off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten x, w = {0}, y;
+    ten_rand(t, &x, (size_t)M * D, -3, 3, off);
+    if (weight) ten_rand(t, &w, D, 0.5f, 1.5f, 0);
+    ten_out(t, &y, (size_t)M * D, 0);
+    t->cpu->ops->rmsnorm(t->cpu, y.c, x.c, weight ? w.c : NULL, M, D, 1e-6f);
+    t->cpu->ops->rmsnorm(t->cpu, y.r, x.r, weight ? w.r : NULL, M, D, 1e-6f);
+    GPU_OK(t, name, t->gpu->ops->rmsnorm(t->gpu, y.d, x.d, weight ? w.d : NULL, M, D, 1e-6f));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    if (weight) ten_free(t, &w);
+    ten_free(t, &y);
+}
+
+static void test_layernorm(T *t, int M, int D) {
+    char name[96];
+    snprintf(name, sizeof name, "layernorm M=%d D=%d", M, D);
+    if (skip(name)) return;
+    Ten x, y;
+    ten_rand(t, &x, (size_t)M * D, 1, 4, 0); /* mean far from 0: the variance must not cancel */
+    ten_out(t, &y, (size_t)M * D, 0);
+    t->cpu->ops->layernorm(t->cpu, y.c, x.c, M, D, 1e-6f);
+    t->cpu->ops->layernorm(t->cpu, y.r, x.r, M, D, 1e-6f);
+    GPU_OK(t, name, t->gpu->ops->layernorm(t->gpu, y.d, x.d, M, D, 1e-6f));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+}
+
+static void test_groupnorm(T *t, int B, int C, int HW, int G, int affine, int silu) {
+    char name[96];
+    snprintf(name, sizeof name, "groupnorm B=%d C=%d HW=%d G=%d%s%s", B, C, HW, G, affine ? " affine" : "",
+             silu ? " silu" : "");
+    if (skip(name)) return;
+    Ten x, ga = {0}, be = {0}, y;
+    ten_rand(t, &x, (size_t)B * C * HW, 2, 6, 0);
+    if (affine) { ten_rand(t, &ga, C, 0.5f, 1.5f, 0); ten_rand(t, &be, C, -0.5f, 0.5f, 0); }
+    ten_out(t, &y, (size_t)B * C * HW, 0);
+    t->cpu->ops->groupnorm(t->cpu, y.c, x.c, affine ? ga.c : NULL, affine ? be.c : NULL, B, C, HW, G, 1e-6f, silu);
+    t->cpu->ops->groupnorm(t->cpu, y.r, x.r, affine ? ga.r : NULL, affine ? be.r : NULL, B, C, HW, G, 1e-6f, silu);
+    GPU_OK(t, name, t->gpu->ops->groupnorm(t->gpu, y.d, x.d, affine ? ga.d : NULL, affine ? be.d : NULL, B, C, HW, G, 1e-6f, silu));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    if (affine) { ten_free(t, &ga); ten_free(t, &be); }
+    ten_free(t, &y);
+}
+
+enum { EW_ADD, EW_SCALE, EW_ONE_PLUS, EW_TANH, EW_SILU, EW_SWIGLU };
+static const char *ew_names[] = {"add", "scale", "one_plus", "tanh", "silu", "swiglu"};
+
+static zi_status ew_run(ZiBackend *be, int op, void *out, const void *a, const void *b, size_t n) {
+    switch (op) {
+    case EW_ADD: return be->ops->add(be, out, a, b, n);
+    case EW_SCALE: return be->ops->scale(be, out, a, 0.37f, n);
+    case EW_ONE_PLUS: return be->ops->one_plus(be, out, a, n);
+    case EW_TANH: return be->ops->tanh(be, out, a, n);
+    case EW_SILU: return be->ops->silu(be, out, a, n);
+    default: return be->ops->swiglu(be, out, a, b, n);
+    }
+}
+
+static void test_elementwise(T *t, int op, size_t n, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "%s n=%zu%s", ew_names[op], n, off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten a, b, y;
+    ten_rand(t, &a, n, -4, 4, off);
+    ten_rand(t, &b, n, -4, 4, 0);
+    ten_out(t, &y, n, 0);
+    ew_run(t->cpu, op, y.c, a.c, b.c, n);
+    ew_run(t->cpu, op, y.r, a.r, b.r, n);
+    GPU_OK(t, name, ew_run(t->gpu, op, y.d, a.d, b.d, n));
+    check(t, name, &y);
+done:
+    ten_free(t, &a);
+    ten_free(t, &b);
+    ten_free(t, &y);
+}
+
+static void test_mul_rows(T *t, int M, int D, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "mul_rows M=%d D=%d%s", M, D, off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten x, s, y;
+    ten_rand(t, &x, (size_t)M * D, -2, 2, off);
+    ten_rand(t, &s, D, -2, 2, 0);
+    ten_out(t, &y, (size_t)M * D, 0);
+    t->cpu->ops->mul_rows(t->cpu, y.c, x.c, s.c, M, D);
+    t->cpu->ops->mul_rows(t->cpu, y.r, x.r, s.r, M, D);
+    GPU_OK(t, name, t->gpu->ops->mul_rows(t->gpu, y.d, x.d, s.d, M, D));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &s);
+    ten_free(t, &y);
+}
+
+static void test_add_gated(T *t, int M, int D, int gated) {
+    char name[96];
+    snprintf(name, sizeof name, "add_gated M=%d D=%d%s", M, D, gated ? " g" : " (g NULL)");
+    if (skip(name)) return;
+    Ten x, y, g = {0};
+    ten_rand(t, &x, (size_t)M * D, -2, 2, 0); /* updated in place: x is the output */
+    ten_rand(t, &y, (size_t)M * D, -2, 2, 0);
+    if (gated) ten_rand(t, &g, D, -1, 1, 0);
+    t->cpu->ops->add_gated(t->cpu, x.c, y.c, gated ? g.c : NULL, M, D);
+    t->cpu->ops->add_gated(t->cpu, x.r, y.r, gated ? g.r : NULL, M, D);
+    GPU_OK(t, name, t->gpu->ops->add_gated(t->gpu, x.d, y.d, gated ? g.d : NULL, M, D));
+    check(t, name, &x);
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+    if (gated) ten_free(t, &g);
+}
+
+static void test_rope(T *t, int S, int NH, int HD, int interleaved) {
+    char name[96];
+    snprintf(name, sizeof name, "rope S=%d NH=%d HD=%d %s", S, NH, HD, interleaved ? "interleaved" : "rotate-half");
+    if (skip(name)) return;
+    Ten x;
+    ten_rand(t, &x, (size_t)S * NH * HD, -2, 2, 0);
+    size_t ncs = (size_t)S * HD;
+    float *cs = malloc(ncs * sizeof(float)), *dcs = NULL;
+    for (size_t i = 0; i < ncs / 2; i++) {
+        float a = urand(t, -6.3f, 6.3f);
+        cs[2 * i] = cosf(a);
+        cs[2 * i + 1] = sinf(a);
+    }
+    if (t->gpu->ops->alloc(t->gpu, (void **)&dcs, ncs * sizeof(float)) != ZI_OK) { fail_status(t, name); goto done; }
+    GPU_OK(t, name, t->gpu->ops->upload_f32(t->gpu, dcs, cs, ncs));
+    t->cpu->ops->rope(t->cpu, x.c, cs, S, NH, HD, interleaved);
+    t->cpu->ops->rope(t->cpu, x.r, cs, S, NH, HD, interleaved);
+    GPU_OK(t, name, t->gpu->ops->rope(t->gpu, x.d, dcs, S, NH, HD, interleaved));
+    check(t, name, &x);
+done:
+    t->gpu->ops->free(t->gpu, dcs);
+    free(cs);
+    ten_free(t, &x);
+}
+
+static void test_copy(T *t, size_t n, int overlap) {
+    char name[96];
+    snprintf(name, sizeof name, "copy n=%zu%s", n, overlap ? " overlapping (dst = src + 3)" : "");
+    if (skip(name)) return;
+    Ten x, y;
+    ten_out(t, &y, overlap ? 1 : n, 0);
+    if (overlap) { /* in place within x: x[3..3+n) = x[0..n) */
+        ten_rand(t, &x, n + 3, -2, 2, 0);
+        t->cpu->ops->copy(t->cpu, x.c + 3, x.c, n);
+        t->cpu->ops->copy(t->cpu, x.r + 3, x.r, n);
+        GPU_OK(t, name, t->gpu->ops->copy(t->gpu, zi_act(t->gpu, x.d, 3), x.d, n));
+        check(t, name, &x);
+    } else {
+        ten_rand(t, &x, n, -2, 2, 0);
+        t->cpu->ops->copy(t->cpu, y.c, x.c, n);
+        t->cpu->ops->copy(t->cpu, y.r, x.r, n);
+        GPU_OK(t, name, t->gpu->ops->copy(t->gpu, y.d, x.d, n));
+        check(t, name, &y);
+    }
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+}
+
+static void test_fill_rows(T *t, int M, int D) {
+    char name[96];
+    snprintf(name, sizeof name, "fill_rows M=%d D=%d", M, D);
+    if (skip(name)) return;
+    Ten row, y;
+    ten_rand(t, &row, D, -2, 2, 0);
+    ten_out(t, &y, (size_t)M * D, 0);
+    t->cpu->ops->fill_rows(t->cpu, y.c, row.c, M, D);
+    t->cpu->ops->fill_rows(t->cpu, y.r, row.r, M, D);
+    GPU_OK(t, name, t->gpu->ops->fill_rows(t->gpu, y.d, row.d, M, D));
+    check(t, name, &y);
+done:
+    ten_free(t, &row);
+    ten_free(t, &y);
+}
+
+static void test_embedding(T *t, int V, int L, int D) {
+    char name[96];
+    snprintf(name, sizeof name, "embedding V=%d L=%d D=%d", V, L, D);
+    if (skip(name)) return;
+    Ten tab, y;
+    int32_t *ids = malloc((size_t)L * sizeof *ids);
+    for (int l = 0; l < L; l++) ids[l] = (int32_t)urand(t, 0, (float)V - 0.01f);
+    ids[0] = V - 1;
+    ten_rand(t, &tab, (size_t)V * D, -2, 2, 0);
+    ten_out(t, &y, (size_t)L * D, 0);
+    t->cpu->ops->embedding(t->cpu, y.c, tab.c, ids, L, D);
+    t->cpu->ops->embedding(t->cpu, y.r, tab.r, ids, L, D);
+    GPU_OK(t, name, t->gpu->ops->embedding(t->gpu, y.d, tab.d, ids, L, D));
+    check(t, name, &y);
+done:
+    free(ids);
+    ten_free(t, &tab);
+    ten_free(t, &y);
+}
+
+static void test_transpose(T *t, int M, int N) {
+    char name[96];
+    snprintf(name, sizeof name, "transpose M=%d N=%d", M, N);
+    if (skip(name)) return;
+    Ten x, y;
+    ten_rand(t, &x, (size_t)M * N, -2, 2, 0);
+    ten_out(t, &y, (size_t)M * N, 0);
+    t->cpu->ops->transpose(t->cpu, y.c, x.c, M, N);
+    t->cpu->ops->transpose(t->cpu, y.r, x.r, M, N);
+    GPU_OK(t, name, t->gpu->ops->transpose(t->gpu, y.d, x.d, M, N));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+}
+
+static void test_patch(T *t, int C, int F, int H, int W, int pF, int pH, int pW) {
+    char name[96];
+    size_t n = (size_t)C * F * H * W;
+    Ten img, tok, back;
+    snprintf(name, sizeof name, "patchify C=%d F=%d H=%d W=%d p=%d,%d,%d", C, F, H, W, pF, pH, pW);
+    if (skip(name)) return;
+    ten_rand(t, &img, n, -2, 2, 0);
+    ten_out(t, &tok, n, 0);
+    ten_out(t, &back, n, 0);
+    t->cpu->ops->patchify(t->cpu, tok.c, img.c, C, F, H, W, pF, pH, pW);
+    t->cpu->ops->patchify(t->cpu, tok.r, img.r, C, F, H, W, pF, pH, pW);
+    GPU_OK(t, name, t->gpu->ops->patchify(t->gpu, tok.d, img.d, C, F, H, W, pF, pH, pW));
+    check(t, name, &tok);
+    snprintf(name, sizeof name, "unpatchify C=%d F=%d H=%d W=%d p=%d,%d,%d", C, F, H, W, pF, pH, pW);
+    t->cpu->ops->unpatchify(t->cpu, back.c, tok.c, C, F, H, W, pF, pH, pW);
+    t->cpu->ops->unpatchify(t->cpu, back.r, tok.r, C, F, H, W, pF, pH, pW);
+    GPU_OK(t, name, t->gpu->ops->unpatchify(t->gpu, back.d, tok.d, C, F, H, W, pF, pH, pW));
+    check(t, name, &back);
+done:
+    ten_free(t, &img);
+    ten_free(t, &tok);
+    ten_free(t, &back);
+}
+
+static void test_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, int bias) {
+    char name[96];
+    snprintf(name, sizeof name, "conv2d B=%d Ci=%d %dx%d Co=%d k=%d pad=%d%s", B, Ci, H, W, Co, k, pad, bias ? " +bias" : "");
+    if (skip(name)) return;
+    int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+    Ten x, w, b = {0}, y;
+    ten_rand(t, &x, (size_t)B * Ci * H * W, -1, 1, 0);
+    ten_rand(t, &w, (size_t)Co * Ci * k * k, -0.5f, 0.5f, 0);
+    if (bias) ten_rand(t, &b, Co, -1, 1, 0);
+    ten_out(t, &y, (size_t)B * Co * Ho * Wo, 0);
+    t->cpu->ops->conv2d(t->cpu, y.c, x.c, w.c, bias ? b.c : NULL, B, Ci, H, W, Co, k, pad);
+    t->cpu->ops->conv2d(t->cpu, y.r, x.r, w.r, bias ? b.r : NULL, B, Ci, H, W, Co, k, pad);
+    GPU_OK(t, name, t->gpu->ops->conv2d(t->gpu, y.d, x.d, w.d, bias ? b.d : NULL, B, Ci, H, W, Co, k, pad));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &w);
+    if (bias) ten_free(t, &b);
+    ten_free(t, &y);
+}
+
+static void test_upsample(T *t, int B, int C, int H, int W) {
+    char name[96];
+    snprintf(name, sizeof name, "upsample2x B=%d C=%d %dx%d", B, C, H, W);
+    if (skip(name)) return;
+    Ten x, y;
+    ten_rand(t, &x, (size_t)B * C * H * W, -2, 2, 0);
+    ten_out(t, &y, (size_t)B * C * 4 * H * W, 0);
+    t->cpu->ops->upsample2x(t->cpu, y.c, x.c, B, C, H, W);
+    t->cpu->ops->upsample2x(t->cpu, y.r, x.r, B, C, H, W);
+    GPU_OK(t, name, t->gpu->ops->upsample2x(t->gpu, y.d, x.d, B, C, H, W));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+}
+
+/* upload_weight from F32/BF16/F16 data must give exactly bf16(value) (round to nearest even) */
+static void test_upload_weight(T *t, ZiDtype dt, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "upload_weight %s n=%zu", st_dtype_name(dt), n);
+    if (skip(name)) return;
+    size_t es = dt == ZI_DT_F32 ? 4 : 2;
+    unsigned char *raw = malloc(n * es);
+    float *want = malloc(n * sizeof(float)), *got = malloc((n + CANARY) * sizeof(float));
+    void *d = NULL;
+    for (size_t i = 0; i < n; i++) {
+        float v = urand(t, -100, 100);
+        if (dt == ZI_DT_F32) { memcpy(raw + 4 * i, &v, 4); want[i] = bf(v); }
+        else if (dt == ZI_DT_BF16) { uint16_t h = zi_f32_to_bf16(v); memcpy(raw + 2 * i, &h, 2); want[i] = zi_bf16_to_f32(h); }
+        else { /* f16: take the bits of a random finite half */
+            uint16_t h = (uint16_t)((uint32_t)urand(t, 0, 65535.99f) & 0xfbffu);
+            memcpy(raw + 2 * i, &h, 2);
+            want[i] = bf(zi_f16_to_f32(h));
+        }
+    }
+    int ok = 1;
+    float canary[CANARY];
+    for (int i = 0; i < CANARY; i++) canary[i] = CANARY_VAL;
+    if (t->gpu->ops->alloc(t->gpu, &d, (n + CANARY) * 2) != ZI_OK ||
+        t->gpu->ops->upload(t->gpu, zi_act(t->gpu, d, n), canary, CANARY) != ZI_OK ||
+        t->gpu->ops->upload_weight(t->gpu, d, raw, dt, n) != ZI_OK ||
+        t->gpu->ops->download(t->gpu, got, d, n + CANARY) != ZI_OK) {
+        fail_status(t, name);
+        goto done;
+    }
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += memcmp(&got[i], &want[i], 4) != 0;
+    for (int i = 0; i < CANARY; i++) ok &= got[n + i] == bf(CANARY_VAL);
+    ok &= bad == 0;
+    printf("%-44s %s  %zu of %zu elements differ from bf16(value)%s\n", name, ok ? "ok  " : "FAIL", bad, n,
+           ok || bad ? "" : ", CANARY OVERWRITTEN");
+    if (ok) t->pass++;
+    else t->fail++;
+done:
+    t->gpu->ops->free(t->gpu, d);
+    free(raw);
+    free(want);
+    free(got);
+}
+
+static void test_alloc_zero(T *t, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "alloc zero-filled n=%zu", n);
+    if (skip(name)) return;
+    void *d = NULL;
+    float *got = malloc(n * sizeof(float));
+    if (t->gpu->ops->alloc(t->gpu, &d, n * 2) != ZI_OK || t->gpu->ops->download(t->gpu, got, d, n) != ZI_OK) {
+        fail_status(t, name);
+    } else {
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) bad += got[i] != 0.0f;
+        printf("%-44s %s  %zu nonzero\n", name, bad ? "FAIL" : "ok  ", bad);
+        if (bad) t->fail++;
+        else t->pass++;
+    }
+    t->gpu->ops->free(t->gpu, d);
+    free(got);
+}
+
+int main(int argc, char **argv) {
+    T t = {.rng = 0x9E3779B97F4A7C15ULL};
+    g_filter = argc > 1 ? argv[1] : NULL;
+    setenv("ZIMAGE_ATTN_SCRATCH_MB", "1", 0); /* small score chunks, so the HD > 128 path really chunks */
+    if (zi_cuda_device_count() <= 0) {
+        printf("SKIP: no CUDA device (%s)\n", zi_last_error());
+        return 77;
+    }
+    if (zi_backend_get(-1, &t.cpu) != ZI_OK || zi_backend_get(0, &t.gpu) != ZI_OK) {
+        printf("FAIL: backend creation: %s\n", zi_last_error());
+        return 1;
+    }
+    printf("testing %s against %s\n", t.gpu->name, t.cpu->name);
+
+    test_alloc_zero(&t, 1001);
+    test_upload_weight(&t, ZI_DT_F32, 1000);
+    test_upload_weight(&t, ZI_DT_BF16, 999);
+    test_upload_weight(&t, ZI_DT_F16, 1003);
+    test_upload_weight(&t, ZI_DT_F32, (size_t)9 << 20); /* several staging chunks */
+    test_upload_weight(&t, ZI_DT_BF16, (size_t)17 << 20);
+
+    test_matmul(&t, 1, 64, 64, 0, 0);
+    test_matmul(&t, 7, 33, 17, 1, 0);
+    test_matmul(&t, 130, 256, 96, 1, 0);
+    test_matmul(&t, 257, 384, 200, 0, 0);
+    test_matmul(&t, 64, 3840, 512, 1, 0);
+    test_matmul(&t, 33, 128, 64, 1, 1);
+    test_matmul(&t, 5, 7, 3, 1, 1);
+
+    test_attention(&t, 1, 2, 1, 64, 0, 0);
+    test_attention(&t, 1, 2, 2, 128, 1, 0);
+    test_attention(&t, 77, 4, 2, 128, 0, 0);
+    test_attention(&t, 130, 3, 3, 96, 1, 0);
+    test_attention(&t, 200, 2, 1, 32, 1, 0);
+    test_attention(&t, 65, 2, 2, 64, 0, 0);
+    test_attention(&t, 257, 4, 1, 128, 1, 0);
+    test_attention(&t, 300, 3, 3, 128, 0, 0);
+    test_attention(&t, 70, 2, 1, 128, 0, 1);
+    test_attention(&t, 33, 2, 1, 80, 0, 0);
+    test_attention(&t, 40, 2, 2, 7, 1, 0);
+    test_attention(&t, 300, 1, 1, 512, 0, 0);    /* HD > 128: chunked GEMM path, one chunk */
+    test_attention(&t, 1, 1, 1, 512, 0, 0);
+    test_attention(&t, 2500, 1, 1, 512, 0, 0);   /* 40 chunks of 64 rows (1 MiB scratch) */
+    test_attention(&t, 700, 2, 1, 256, 1, 0);    /* causal GQA over 3 chunks */
+    test_attention(&t, 100, 1, 1, 512, 0, 1);
+
+    test_rmsnorm(&t, 1, 128, 1, 0);
+    test_rmsnorm(&t, 5, 3840, 1, 0);
+    test_rmsnorm(&t, 7, 33, 1, 0);
+    test_rmsnorm(&t, 123, 128, 0, 0);
+    test_rmsnorm(&t, 9, 256, 1, 1);
+    test_layernorm(&t, 3, 3840);
+    test_layernorm(&t, 5, 33);
+    test_layernorm(&t, 1, 1);
+    test_groupnorm(&t, 1, 64, 4096, 32, 1, 1);
+    test_groupnorm(&t, 2, 6, 17, 3, 1, 0);
+    test_groupnorm(&t, 1, 128, 257, 32, 0, 1);
+    test_groupnorm(&t, 1, 32, 70000, 8, 1, 0);
+
+    for (int op = EW_ADD; op <= EW_SWIGLU; op++) {
+        test_elementwise(&t, op, 1, 0);
+        test_elementwise(&t, op, 4099, 0);
+        test_elementwise(&t, op, 4096, 1);
+    }
+    test_mul_rows(&t, 3, 5, 0);
+    test_mul_rows(&t, 17, 64, 0);
+    test_mul_rows(&t, 17, 64, 1);
+    test_add_gated(&t, 4, 3840, 1);
+    test_add_gated(&t, 3, 7, 1);
+    test_add_gated(&t, 5, 64, 0);
+    test_rope(&t, 5, 3, 64, 1);
+    test_rope(&t, 5, 3, 64, 0);
+    test_rope(&t, 1, 2, 128, 1);
+    test_rope(&t, 7, 2, 6, 0);
+
+    test_copy(&t, 1, 0);
+    test_copy(&t, 1001, 0);
+    test_copy(&t, 100, 1);
+    test_fill_rows(&t, 5, 33);
+    test_embedding(&t, 50, 7, 40);
+    test_embedding(&t, 1000, 1, 2560);
+    test_transpose(&t, 33, 65);
+    test_transpose(&t, 1, 7);
+    test_patch(&t, 16, 1, 6, 10, 1, 2, 2);
+    test_patch(&t, 3, 2, 4, 4, 2, 2, 2);
+
+    test_conv2d(&t, 1, 3, 17, 19, 8, 3, 1, 1);
+    test_conv2d(&t, 2, 16, 8, 8, 32, 1, 0, 1);
+    test_conv2d(&t, 1, 33, 7, 5, 4, 3, 1, 0);
+    test_conv2d(&t, 1, 4, 5, 5, 6, 3, 0, 1);
+    test_conv2d(&t, 2, 64, 64, 64, 64, 3, 1, 1);
+    test_upsample(&t, 2, 3, 5, 7);
+
+    if (t.gpu->ops->synchronize(t.gpu) != ZI_OK) fail_status(&t, "final synchronize");
+    printf("%d passed, %d failed\n", t.pass, t.fail);
+    return t.fail ? 1 : 0;
+}
