@@ -1,0 +1,86 @@
+"""The tiny models on CUDA (bf16 storage, fp32 accumulation) against the same fp32 references
+the CPU path meets at 1e-4. Where the fixture holds diffusers/transformers' own bf16 run, the
+flash-attention rule applies: our error vs fp32 <= 2x the bf16 reference's error. Elsewhere a
+bf16-level bound. Skipped without a GPU."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+import zimage
+from conftest import FIXTURES, rel_l2, requires_gpu
+
+pytestmark = [requires_gpu, pytest.mark.gpu]
+
+BF16_BOUND = 3e-2  # relative L2 for a few bf16 layers on O(1) random weights
+
+
+def dit_calls(io):
+    for k in range(int(io["ncalls"])):
+        B = int(io[f"call{k}_B"])
+        yield k, [io[f"call{k}_x{i}"] for i in range(B)], io[f"call{k}_t"], [io[f"call{k}_cap{i}"] for i in range(B)], \
+            [io[f"call{k}_out{i}"] for i in range(B)]
+
+
+@pytest.mark.parametrize("case", sorted(os.path.basename(os.path.dirname(p))
+                                        for p in glob.glob(os.path.join(FIXTURES, "dit", "*", "io.npz"))))
+def test_dit_cuda(case):
+    d = os.path.join(FIXTURES, "dit", case)
+    io = np.load(os.path.join(d, "io.npz"))
+    model = zimage.ZImageTransformer2DModel.from_pretrained(d, subfolder="transformer").to("cuda")
+    assert model.device == "cuda:0"
+    for k, xs, t, caps, refs in dit_calls(io):
+        outs = model(xs, t, caps)
+        for i, (out, ref) in enumerate(zip(outs, refs)):
+            assert np.isfinite(out).all()
+            err = rel_l2(out, ref)
+            key = f"call{k}_bf16cpu_out{i}"
+            if key in io.files:
+                bound = 2 * rel_l2(io[key], ref)
+                assert err <= bound, f"{case} call {k}: {err:.3e} > 2x diffusers bf16 ({bound / 2:.3e})"
+            else:
+                assert err < BF16_BOUND, f"{case} call {k}: {err:.3e}"
+    model.to("cpu")  # and back: the CPU path still matches fp32
+    _, xs, t, caps, refs = next(dit_calls(io))
+    assert rel_l2(model(xs, t, caps)[0], refs[0]) < 1e-4
+
+
+@pytest.mark.parametrize("case", sorted(os.path.basename(os.path.dirname(p))
+                                        for p in glob.glob(os.path.join(FIXTURES, "text_encoder", "*", "io.npz"))))
+def test_text_encoder_cuda(case):
+    d = os.path.join(FIXTURES, "text_encoder", case)
+    io = np.load(os.path.join(d, "io.npz"))
+    model = zimage.Qwen3Model.from_pretrained(d, subfolder="text_encoder").to("cuda")
+    k = 0
+    while f"seq{k}_ids" in io.files:
+        out = model.encode(io[f"seq{k}_ids"], layer=-2)
+        ref = io[f"seq{k}_hs_m2"]
+        err = rel_l2(out, ref)
+        key = f"seq{k}_bf16cpu_hs_m2"
+        bound = 2 * rel_l2(io[key], ref) if key in io.files else BF16_BOUND
+        assert err <= max(bound, 1e-3), f"{case} seq {k}: {err:.3e} (bound {bound:.3e})"
+        k += 1
+    assert k >= 3
+
+
+@pytest.mark.parametrize("case", sorted(os.path.basename(os.path.dirname(p))
+                                        for p in glob.glob(os.path.join(FIXTURES, "vae", "*", "io.npz"))))
+def test_vae_cuda(case):
+    d = os.path.join(FIXTURES, "vae", case)
+    io = np.load(os.path.join(d, "io.npz"))
+    vae = zimage.AutoencoderKL.from_pretrained(d, subfolder="vae").to("cuda")
+    k = 0
+    while f"call{k}_z" in io.files:
+        out = vae.decode(io[f"call{k}_z"]).sample
+        assert rel_l2(out, io[f"call{k}_out"]) < BF16_BOUND
+        k += 1
+    assert k >= 3
+
+
+def test_cuda_errors_are_exceptions():
+    d = os.path.join(FIXTURES, "dit", "a_small_f32")
+    model = zimage.ZImageTransformer2DModel.from_pretrained(d, subfolder="transformer")
+    with pytest.raises((zimage.ZImageError, ValueError)):
+        model.to(f"cuda:{zimage.cuda_device_count()}")  # one past the last GPU
+    assert model.device == "cpu"
