@@ -205,14 +205,120 @@ static PyObject *py_flow_match_schedule(PyObject *module, PyObject *args, PyObje
 }
 
 /* ======================================================================================== */
-/* Transformer: a loaded ZImageTransformer2DModel */
+/* The model types (Transformer, TextEncoder, Vae) share one object layout and their lifetime:
+   load in __init__, to(device), config, device, dealloc; a ModelKind adapts each model's C API. */
+
+typedef struct ModelKind {
+    const char *name;                                         /* type name, for messages        */
+    zi_status (*load)(void **model, const char *dir, int device);
+    zi_status (*to_device)(void *model, int device);
+    int (*device)(const void *model);
+    void (*free)(void *model);
+    PyObject *(*config)(const void *model);                   /* the parsed config as a dict    */
+} ModelKind;
 
 typedef struct {
     PyObject_HEAD
-    DitModel *model;
-    PyThread_type_lock lock;
-    PyObject *module;
-} TransformerObject;
+    void *model;                    /* DitModel, TeModel or VaeModel                  */
+    const ModelKind *kind;
+    PyThread_type_lock lock;        /* one thread drives a model at a time            */
+    PyObject *module;               /* for zi_raise's ZImageError                     */
+} ModelObject;
+
+static PyObject *model_new(PyTypeObject *type, const ModelKind *kind) {
+    ModelObject *self = (ModelObject *)type->tp_alloc(type, 0);
+    if (!self) return NULL;
+    self->kind = kind;
+    self->lock = PyThread_allocate_lock();
+    if (!self->lock) { Py_DECREF(self); PyErr_SetString(PyExc_MemoryError, "cannot allocate a lock"); return NULL; }
+    self->module = PyType_GetModule(type);
+    Py_XINCREF(self->module);
+    return (PyObject *)self;
+}
+
+static int model_ready(ModelObject *self) {
+    if (self->model) return 1;
+    PyErr_Format(PyExc_RuntimeError, "%s not initialised", self->kind->name);
+    return 0;
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "device", NULL};
+    PyObject *path_bytes = NULL;
+    int device = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|i", kwlist, PyUnicode_FSConverter, &path_bytes, &device)) return -1;
+    if (self->model) {
+        PyErr_Format(PyExc_RuntimeError, "%s already initialised", self->kind->name);
+        Py_DECREF(path_bytes);
+        return -1;
+    }
+    void *m = NULL;
+    zi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = self->kind->load(&m, PyBytes_AS_STRING(path_bytes), device);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (st != ZI_OK) { zi_raise(self->module, st); return -1; }
+    self->model = m;
+    return 0;
+}
+
+static PyObject *Model_to(ModelObject *self, PyObject *arg) {
+    int device = PyLong_AsLong(arg);
+    if (device == -1 && PyErr_Occurred()) return NULL;
+    if (!model_ready(self)) return NULL;
+    zi_status st;
+    ACQUIRE_LOCK(self->lock);
+    Py_BEGIN_ALLOW_THREADS
+    st = self->kind->to_device(self->model, device);
+    Py_END_ALLOW_THREADS
+    RELEASE_LOCK(self->lock);
+    if (st != ZI_OK) return zi_raise(self->module, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_get_config(ModelObject *self, void *closure) {
+    return model_ready(self) ? self->kind->config(self->model) : NULL;
+}
+
+static PyObject *Model_get_device(ModelObject *self, void *closure) {
+    return model_ready(self) ? PyLong_FromLong(self->kind->device(self->model)) : NULL;
+}
+
+static void Model_dealloc(ModelObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->model) self->kind->free(self->model);
+    if (self->lock) PyThread_free_lock(self->lock);
+    Py_XDECREF(self->module);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef Model_getset[] = {
+    {"config", (getter)Model_get_config, NULL, "the parsed config.json values", NULL},
+    {"device", (getter)Model_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* ModelKind adapters: the typed C APIs behind void pointers */
+#define MODEL_KIND(prefix, Type, type_name, config_fn)                                                   \
+    static zi_status prefix##_kind_load(void **m, const char *dir, int device) {                         \
+        Type *x = NULL;                                                                                  \
+        zi_status st = prefix##_load(&x, dir, device);                                                   \
+        *m = x;                                                                                          \
+        return st;                                                                                       \
+    }                                                                                                    \
+    static zi_status prefix##_kind_to(void *m, int device) { return prefix##_to_device(m, device); }     \
+    static int prefix##_kind_device(const void *m) { return prefix##_device(m); }                        \
+    static void prefix##_kind_free(void *m) { prefix##_free(m); }                                        \
+    static PyObject *prefix##_kind_config(const void *m) { return config_fn(prefix##_config(m)); }       \
+    static const ModelKind prefix##_kind = {type_name, prefix##_kind_load, prefix##_kind_to,             \
+                                            prefix##_kind_device, prefix##_kind_free, prefix##_kind_config}
+
+/* ======================================================================================== */
+/* Transformer: a loaded ZImageTransformer2DModel */
+
+typedef ModelObject TransformerObject; /* model: DitModel */
 
 static PyObject *config_dict(const DitConfig *c) {
     return Py_BuildValue(
@@ -222,23 +328,6 @@ static PyObject *config_dict(const DitConfig *c) {
         "qk_norm", c->qk_norm ? Py_True : Py_False, "rope_theta", (double)c->rope_theta, "t_scale", (double)c->t_scale,
         "axes_dims", c->axes_dims[0], c->axes_dims[1], c->axes_dims[2], "axes_lens", c->axes_lens[0], c->axes_lens[1],
         c->axes_lens[2], "all_patch_size", c->patch, "all_f_patch_size", c->f_patch);
-}
-
-static int Transformer_init(TransformerObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "device", NULL};
-    PyObject *path_bytes = NULL;
-    int device = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|i", kwlist, PyUnicode_FSConverter, &path_bytes, &device)) return -1;
-    if (self->model) { PyErr_SetString(PyExc_RuntimeError, "Transformer already initialised"); Py_DECREF(path_bytes); return -1; }
-    DitModel *m = NULL;
-    zi_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dit_load(&m, PyBytes_AS_STRING(path_bytes), device);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path_bytes);
-    if (st != ZI_OK) { zi_raise(self->module, st); return -1; }
-    self->model = m;
-    return 0;
 }
 
 static PyObject *Transformer_forward(TransformerObject *self, PyObject *args, PyObject *kw) {
@@ -285,75 +374,30 @@ fail:
     return NULL;
 }
 
-static PyObject *Transformer_to(TransformerObject *self, PyObject *arg) {
-    int device = PyLong_AsLong(arg);
-    if (device == -1 && PyErr_Occurred()) return NULL;
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Transformer not initialised"); return NULL; }
-    zi_status st;
-    ACQUIRE_LOCK(self->lock);
-    Py_BEGIN_ALLOW_THREADS
-    st = dit_to_device(self->model, device);
-    Py_END_ALLOW_THREADS
-    RELEASE_LOCK(self->lock);
-    if (st != ZI_OK) return zi_raise(self->module, st);
-    Py_RETURN_NONE;
-}
+MODEL_KIND(dit, DitModel, "Transformer", config_dict);
 
-static PyObject *Transformer_get_config(TransformerObject *self, void *closure) {
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Transformer not initialised"); return NULL; }
-    return config_dict(dit_config(self->model));
-}
-
-static PyObject *Transformer_get_device(TransformerObject *self, void *closure) {
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Transformer not initialised"); return NULL; }
-    return PyLong_FromLong(dit_device(self->model));
-}
-
-static PyObject *Transformer_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    TransformerObject *self = (TransformerObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) { Py_DECREF(self); PyErr_SetString(PyExc_MemoryError, "cannot allocate a lock"); return NULL; }
-    self->module = PyType_GetModule(type); /* for zi_raise's ZImageError */
-    Py_XINCREF(self->module);
-    return (PyObject *)self;
-}
-
-static void Transformer_dealloc(TransformerObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->model) dit_free(self->model);
-    if (self->lock) PyThread_free_lock(self->lock);
-    Py_XDECREF(self->module);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
+static PyObject *Transformer_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &dit_kind); }
 
 static PyMethodDef Transformer_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Transformer_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(latent, t, cap) -> float32 (C, F, H, W): one sample through the transformer"},
-    {"to", (PyCFunction)Transformer_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
+    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef Transformer_getset[] = {
-    {"config", (getter)Transformer_get_config, NULL, "the parsed config.json values", NULL},
-    {"device", (getter)Transformer_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot Transformer_slots[] = {
     {Py_tp_new, Transformer_new},
-    {Py_tp_init, Transformer_init},
-    {Py_tp_dealloc, Transformer_dealloc},
+    {Py_tp_init, Model_init},
+    {Py_tp_dealloc, Model_dealloc},
     {Py_tp_methods, Transformer_methods},
-    {Py_tp_getset, Transformer_getset},
+    {Py_tp_getset, Model_getset},
     {Py_tp_doc, "Transformer(path, device=-1): the Z-Image DiT loaded from a diffusers transformer/ folder"},
     {0, NULL},
 };
 
 static PyType_Spec Transformer_spec = {
     .name = "zimage._zimage.Transformer",
-    .basicsize = sizeof(TransformerObject),
+    .basicsize = sizeof(ModelObject),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = Transformer_slots,
 };
@@ -581,12 +625,7 @@ static PyType_Spec Tokenizer_spec = {
  */
 #include "text_encoder.h"
 
-typedef struct {
-    PyObject_HEAD
-    TeModel *model;
-    PyThread_type_lock lock;
-    PyObject *module;
-} TextEncoderObject;
+typedef ModelObject TextEncoderObject; /* model: TeModel */
 
 static PyObject *te_config_dict(const TeConfig *c) {
     return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:d,s:d,s:s}", "model_type", "qwen3", "vocab_size",
@@ -624,23 +663,6 @@ done:
     return list;
 }
 
-static int TextEncoder_init(TextEncoderObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "device", NULL};
-    PyObject *path_bytes = NULL;
-    int device = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|i", kwlist, PyUnicode_FSConverter, &path_bytes, &device)) return -1;
-    if (self->model) { PyErr_SetString(PyExc_RuntimeError, "TextEncoder already initialised"); Py_DECREF(path_bytes); return -1; }
-    TeModel *m = NULL;
-    zi_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = te_load(&m, PyBytes_AS_STRING(path_bytes), device);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path_bytes);
-    if (st != ZI_OK) { zi_raise(self->module, st); return -1; }
-    self->model = m;
-    return 0;
-}
-
 static PyObject *TextEncoder_encode(TextEncoderObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"input_ids", "layer", NULL};
     PyObject *ids_obj;
@@ -674,75 +696,30 @@ fail:
     return NULL;
 }
 
-static PyObject *TextEncoder_to(TextEncoderObject *self, PyObject *arg) {
-    int device = PyLong_AsLong(arg);
-    if (device == -1 && PyErr_Occurred()) return NULL;
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "TextEncoder not initialised"); return NULL; }
-    zi_status st;
-    ACQUIRE_LOCK(self->lock);
-    Py_BEGIN_ALLOW_THREADS
-    st = te_to_device(self->model, device);
-    Py_END_ALLOW_THREADS
-    RELEASE_LOCK(self->lock);
-    if (st != ZI_OK) return zi_raise(self->module, st);
-    Py_RETURN_NONE;
-}
+MODEL_KIND(te, TeModel, "TextEncoder", te_config_dict);
 
-static PyObject *TextEncoder_get_config(TextEncoderObject *self, void *closure) {
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "TextEncoder not initialised"); return NULL; }
-    return te_config_dict(te_config(self->model));
-}
-
-static PyObject *TextEncoder_get_device(TextEncoderObject *self, void *closure) {
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "TextEncoder not initialised"); return NULL; }
-    return PyLong_FromLong(te_device(self->model));
-}
-
-static PyObject *TextEncoder_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    TextEncoderObject *self = (TextEncoderObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) { Py_DECREF(self); PyErr_SetString(PyExc_MemoryError, "cannot allocate a lock"); return NULL; }
-    self->module = PyType_GetModule(type); /* for zi_raise's ZImageError */
-    Py_XINCREF(self->module);
-    return (PyObject *)self;
-}
-
-static void TextEncoder_dealloc(TextEncoderObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->model) te_free(self->model);
-    if (self->lock) PyThread_free_lock(self->lock);
-    Py_XDECREF(self->module);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
+static PyObject *TextEncoder_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &te_kind); }
 
 static PyMethodDef TextEncoder_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))TextEncoder_encode, METH_VARARGS | METH_KEYWORDS,
      "encode(input_ids, layer=-2) -> float32 (L, hidden_size): hidden_states[layer] of one unpadded sequence"},
-    {"to", (PyCFunction)TextEncoder_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
+    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef TextEncoder_getset[] = {
-    {"config", (getter)TextEncoder_get_config, NULL, "the parsed config.json values", NULL},
-    {"device", (getter)TextEncoder_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot TextEncoder_slots[] = {
     {Py_tp_new, TextEncoder_new},
-    {Py_tp_init, TextEncoder_init},
-    {Py_tp_dealloc, TextEncoder_dealloc},
+    {Py_tp_init, Model_init},
+    {Py_tp_dealloc, Model_dealloc},
     {Py_tp_methods, TextEncoder_methods},
-    {Py_tp_getset, TextEncoder_getset},
+    {Py_tp_getset, Model_getset},
     {Py_tp_doc, "TextEncoder(path, device=-1): the Qwen3 text encoder loaded from a transformers text_encoder/ folder"},
     {0, NULL},
 };
 
 static PyType_Spec TextEncoder_spec = {
     .name = "zimage._zimage.TextEncoder",
-    .basicsize = sizeof(TextEncoderObject),
+    .basicsize = sizeof(ModelObject),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = TextEncoder_slots,
 };
@@ -823,12 +800,7 @@ static PyMethodDef vae_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
-typedef struct {
-    PyObject_HEAD
-    VaeModel *model;
-    PyThread_type_lock lock;
-    PyObject *module;
-} VaeObject;
+typedef ModelObject VaeObject; /* model: VaeModel */
 
 /* one key of the config dict; steals v */
 static int vae_set(PyObject *d, const char *key, PyObject *v) {
@@ -876,23 +848,6 @@ fail:
     return NULL;
 }
 
-static int Vae_init(VaeObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "device", NULL};
-    PyObject *path_bytes = NULL;
-    int device = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|i", kwlist, PyUnicode_FSConverter, &path_bytes, &device)) return -1;
-    if (self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae already initialised"); Py_DECREF(path_bytes); return -1; }
-    VaeModel *m = NULL;
-    zi_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = vae_load(&m, PyBytes_AS_STRING(path_bytes), device);
-    Py_END_ALLOW_THREADS
-    Py_DECREF(path_bytes);
-    if (st != ZI_OK) { zi_raise(self->module, st); return -1; }
-    self->model = m;
-    return 0;
-}
-
 static PyObject *Vae_decode(VaeObject *self, PyObject *arg) {
     if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
     PyArrayObject *z = as_f32(arg, 4, "latents z (B, latent_channels, h, w)"), *out = NULL;
@@ -934,72 +889,33 @@ fail:
     return NULL;
 }
 
-static PyObject *Vae_to(VaeObject *self, PyObject *arg) {
-    int device = PyLong_AsLong(arg);
-    if (device == -1 && PyErr_Occurred()) return NULL;
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
-    zi_status st;
-    ACQUIRE_LOCK(self->lock);
-    Py_BEGIN_ALLOW_THREADS
-    st = vae_to_device(self->model, device);
-    Py_END_ALLOW_THREADS
-    RELEASE_LOCK(self->lock);
-    if (st != ZI_OK) return zi_raise(self->module, st);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Vae_get_config(VaeObject *self, void *closure) {
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
-    return vae_config_dict(vae_config(self->model));
-}
-
-static PyObject *Vae_get_device(VaeObject *self, void *closure) {
-    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
-    return PyLong_FromLong(vae_device(self->model));
-}
-
 static PyObject *Vae_get_up_factor(VaeObject *self, void *closure) {
     if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
     return PyLong_FromLong(vae_up_factor(self->model));
 }
 
-static PyObject *Vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    VaeObject *self = (VaeObject *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
-    self->lock = PyThread_allocate_lock();
-    if (!self->lock) { Py_DECREF(self); PyErr_SetString(PyExc_MemoryError, "cannot allocate a lock"); return NULL; }
-    self->module = PyType_GetModule(type); /* for zi_raise's ZImageError */
-    Py_XINCREF(self->module);
-    return (PyObject *)self;
-}
+MODEL_KIND(vae, VaeModel, "Vae", vae_config_dict);
 
-static void Vae_dealloc(VaeObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (self->model) vae_free(self->model);
-    if (self->lock) PyThread_free_lock(self->lock);
-    Py_XDECREF(self->module);
-    tp->tp_free((PyObject *)self);
-    Py_DECREF(tp);
-}
+static PyObject *Vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &vae_kind); }
 
 static PyMethodDef Vae_methods[] = {
     {"decode", (PyCFunction)Vae_decode, METH_O,
      "decode(z f32 (B, latent_channels, h, w)) -> f32 (B, out_channels, f*h, f*w): Decoder.forward per sample"},
-    {"to", (PyCFunction)Vae_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
+    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Vae_getset[] = {
-    {"config", (getter)Vae_get_config, NULL, "the parsed config.json values (diffusers defaults filled in)", NULL},
-    {"device", (getter)Vae_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
+    {"config", (getter)Model_get_config, NULL, "the parsed config.json values (diffusers defaults filled in)", NULL},
+    {"device", (getter)Model_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
     {"up_factor", (getter)Vae_get_up_factor, NULL, "output size / latent size = 2**(len(block_out_channels)-1)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot Vae_slots[] = {
     {Py_tp_new, Vae_new},
-    {Py_tp_init, Vae_init},
-    {Py_tp_dealloc, Vae_dealloc},
+    {Py_tp_init, Model_init},
+    {Py_tp_dealloc, Model_dealloc},
     {Py_tp_methods, Vae_methods},
     {Py_tp_getset, Vae_getset},
     {Py_tp_doc, "Vae(path, device=-1): the AutoencoderKL decoder loaded from a diffusers vae/ folder"},
@@ -1008,7 +924,7 @@ static PyType_Slot Vae_slots[] = {
 
 static PyType_Spec Vae_spec = {
     .name = "zimage._zimage.Vae",
-    .basicsize = sizeof(VaeObject),
+    .basicsize = sizeof(ModelObject),
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = Vae_slots,
 };
