@@ -1376,9 +1376,16 @@ static PyObject *Pipeline_call(PipelineObject *self, PyObject *args, PyObject *k
     st = zi_pipeline_denoise(tr->model, PyArray_DATA((PyArrayObject *)lat), &da);
     Py_END_ALLOW_THREADS
     RELEASE_LOCK(tr->lock);
-    tmp = PyObject_CallMethod(bar, "close", NULL);
-    Py_XDECREF(tmp);
-    tmp = NULL;
+    {
+        /* close the bar without losing an exception the loop raised (Ctrl-C, callback) */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        tmp = PyObject_CallMethod(bar, "close", NULL);
+        if (!tmp) PyErr_Clear();
+        Py_XDECREF(tmp);
+        tmp = NULL;
+        PyErr_Restore(et, ev, etb);
+    }
     if (st != ZI_OK) {
         if (!PyErr_Occurred()) zi_raise(self->module, st);
         goto fail;

@@ -51,3 +51,18 @@ def rel_l2(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """tests/fixtures/pipeline/tiny (saved by diffusers) made whole: its tokenizer.json is the
+    vendored tests/fixtures/qwen3-tokenizer/tokenizer.json.xz (same file), unpacked here.
+    Laid out as a ModelScope cache: returns (cache_dir, hub_id, folder)."""
+    import lzma
+    import shutil
+    cache = tmp_path_factory.mktemp("mscache")
+    folder = cache / "models" / "Tiny-Org" / "Z-Image-Tiny"
+    shutil.copytree(os.path.join(FIXTURES, "pipeline", "tiny"), folder)
+    with lzma.open(os.path.join(FIXTURES, "qwen3-tokenizer", "tokenizer.json.xz")) as src:
+        (folder / "tokenizer" / "tokenizer.json").write_bytes(src.read())
+    return str(cache), "Tiny-Org/Z-Image-Tiny", str(folder)
