@@ -17,6 +17,7 @@ extern const ZiOps zi_ops_cpu;
 /* ops_cuda.c */
 zi_status zi_backend_cuda_create(int device, ZiBackend **out);
 int zi_cuda_device_count_impl(void);
+zi_status zi_cuda_mem_info_impl(int device, size_t *free_bytes, size_t *total_bytes);
 #endif
 
 #define ZI_MAX_DEVICES 16
@@ -40,6 +41,17 @@ int zi_cuda_device_count(void) {
     return zi_cuda_device_count_impl();
 #else
     return 0;
+#endif
+}
+
+zi_status zi_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
+    *free_bytes = *total_bytes = 0;
+#ifdef ZI_WITH_CUDA
+    int n = zi_cuda_device_count_impl();
+    if (device < 0 || device >= n) return zi_fail(ZI_ERR_ARG, "no CUDA device %d (%d visible)", device, n);
+    return zi_cuda_mem_info_impl(device, free_bytes, total_bytes);
+#else
+    return zi_fail(ZI_ERR_STATE, "zimage was built without CUDA support");
 #endif
 }
 
@@ -99,38 +111,49 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
-zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
-    zi_status st = ZI_OK;
-    void *mem = NULL;
-    *block = NULL;
-    ZI_TRY(be->ops->alloc(be, &mem, wl->total * be->weight_size));
-    size_t off = 0;
+/* the tensor for a spec: prefix + name first, then the bare name */
+static const StTensor *find_weight(const StArchive *ar, const ZiWeightSpec *s, const char *prefix) {
+    const StTensor *t = NULL;
+    if (prefix) {
+        char full[ZI_WEIGHT_NAME_MAX + 64];
+        snprintf(full, sizeof full, "%s%s", prefix, s->name);
+        t = st_find(ar, full);
+    }
+    return t ? t : st_find(ar, s->name);
+}
+
+zi_status zi_weights_check(const StArchive *ar, const ZiWeightList *wl, const char *prefix) {
     for (int i = 0; i < wl->n; i++) {
-        ZiWeightSpec *s = &wl->specs[i];
-        const StTensor *t = NULL;
-        if (prefix) {
-            char full[ZI_WEIGHT_NAME_MAX + 64];
-            snprintf(full, sizeof full, "%s%s", prefix, s->name);
-            t = st_find(ar, full);
-        }
-        if (!t) t = st_find(ar, s->name);
+        const ZiWeightSpec *s = &wl->specs[i];
+        const StTensor *t = find_weight(ar, s, prefix);
         const char *where = ar->nfiles ? ar->files[0].path : "checkpoint";
-        if (!t) { st = zi_fail(ZI_ERR_FORMAT, "%s: missing tensor '%s'", where, s->name); goto fail; }
+        if (!t) return zi_fail(ZI_ERR_FORMAT, "%s: missing tensor '%s'", where, s->name);
         int same = t->ndim == s->ndim;
         for (int d = 0; same && d < s->ndim; d++) same = t->shape[d] == s->shape[d];
         if (!same) {
             char want[96], got[96];
             shape_str(want, sizeof want, s->ndim, s->shape);
             shape_str(got, sizeof got, t->ndim, t->shape);
-            st = zi_fail(ZI_ERR_FORMAT, "%s: tensor '%s' has shape %s, the config needs %s", ar->files[t->file].path,
-                         t->name, got, want);
-            goto fail;
+            return zi_fail(ZI_ERR_FORMAT, "%s: tensor '%s' has shape %s, the config needs %s", ar->files[t->file].path,
+                           t->name, got, want);
         }
-        if (t->dtype != ZI_DT_F32 && t->dtype != ZI_DT_BF16 && t->dtype != ZI_DT_F16) {
-            st = zi_fail(ZI_ERR_FORMAT, "%s: tensor '%s' has dtype %s; only F32, BF16 and F16 can be loaded",
-                         ar->files[t->file].path, t->name, st_dtype_name(t->dtype));
-            goto fail;
-        }
+        if (t->dtype != ZI_DT_F32 && t->dtype != ZI_DT_BF16 && t->dtype != ZI_DT_F16)
+            return zi_fail(ZI_ERR_FORMAT, "%s: tensor '%s' has dtype %s; only F32, BF16 and F16 can be loaded",
+                           ar->files[t->file].path, t->name, st_dtype_name(t->dtype));
+    }
+    return ZI_OK;
+}
+
+zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
+    zi_status st = ZI_OK;
+    void *mem = NULL;
+    *block = NULL;
+    ZI_TRY(zi_weights_check(ar, wl, prefix));
+    ZI_TRY(be->ops->alloc(be, &mem, wl->total * be->weight_size));
+    size_t off = 0;
+    for (int i = 0; i < wl->n; i++) {
+        ZiWeightSpec *s = &wl->specs[i];
+        const StTensor *t = find_weight(ar, s, prefix);
         void *dst = zi_wt(be, mem, off);
         ZI_TRY(be->ops->upload_weight(be, dst, t->data, t->dtype, (size_t)t->numel));
         *s->slot = dst;

@@ -376,9 +376,12 @@ fail:
     return st;
 }
 
+static zi_status dit_load_weights(DitModel *m, int device);
+
 zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const float *cap,
                       int L) {
     zi_status st = ZI_OK;
+    if (!m->be) ZI_TRY(dit_load_weights(m, -1)); /* deferred at load: the CPU, now */
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     const DitConfig *c = &m->cfg;
@@ -484,6 +487,19 @@ fail:
     return st;
 }
 
+/* names, shapes and dtypes of the checkpoint, without reading any weight data */
+static zi_status dit_check_weights(DitModel *m) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    DitWeights w = {0};
+    ZI_TRY(dit_weight_list(&m->cfg, &w, &wl));
+    ZI_TRY(zi_weights_check(&m->ar, &wl, NULL));
+fail:
+    dit_free_block_arrays(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
 zi_status dit_load(DitModel **out, const char *dir, int device) {
     zi_status st = ZI_OK;
     char path[4096];
@@ -494,7 +510,8 @@ zi_status dit_load(DitModel **out, const char *dir, int device) {
     ZI_TRY(dit_config_load(&m->cfg, path));
     ZI_TRY(st_open_dir(&m->ar, dir, "diffusion_pytorch_model"));
     ZI_TRY(dit_build_rope(m));
-    ZI_TRY(dit_load_weights(m, device));
+    if (device == ZI_DEVICE_DEFER) ZI_TRY(dit_check_weights(m));
+    else ZI_TRY(dit_load_weights(m, device));
     *out = m;
     return ZI_OK;
 fail:

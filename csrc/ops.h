@@ -96,6 +96,11 @@ struct ZiBackend {
     void *impl;           /* backend-private state                  */
 };
 
+/* Passed as the device to a model's *_load: read the config, open and check the checkpoint
+   (every name, shape, dtype), but upload no weights until *_to_device or the first forward
+   (which then loads onto the CPU). Lets from_pretrained(...).to("cuda") read weights once. */
+#define ZI_DEVICE_DEFER (-2)
+
 /* The process-wide backend for a device: -1 = CPU, >= 0 = CUDA ordinal. Created on first use;
    without CUDA support or without that GPU, a ZI_ERR_STATE naming the reason. */
 zi_status zi_backend_get(int device, ZiBackend **out);
@@ -103,6 +108,8 @@ zi_status zi_backend_get(int device, ZiBackend **out);
 int zi_cuda_device_count(void);
 /* Whether this build has the CUDA backend compiled in. */
 int zi_cuda_compiled(void);
+/* Device-wide free / total memory of a GPU (what nvidia-smi reports, all processes). */
+zi_status zi_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 
 /* Pointer to element i of a backend buffer of activation / weight elements. */
 static inline void *zi_act(const ZiBackend *be, const void *p, size_t i) { return (char *)p + i * be->act_size; }
@@ -129,8 +136,10 @@ zi_status zi_weights_add(ZiWeightList *wl, void **slot, int ndim, const int64_t 
     __attribute__((format(printf, 5, 6)))
 #endif
     ;
-/* Allocate one block for all specs on `be`, then find, check and upload every tensor. Names are
-   looked up as `prefix + name` first when prefix is non-NULL, then as `name`. */
+/* Check that the archive holds every spec with the right shape and a loadable dtype (reads
+   headers only). Names are looked up as `prefix + name` first when prefix is non-NULL, then as `name`. */
+zi_status zi_weights_check(const StArchive *ar, const ZiWeightList *wl, const char *prefix);
+/* zi_weights_check, then one block for all specs on `be`, then upload every tensor. */
 zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block);
 void zi_weights_list_free(ZiWeightList *wl);
 

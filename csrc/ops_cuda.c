@@ -772,3 +772,15 @@ static const ZiOps zi_ops_cuda = {
     .conv2d = cuda_conv2d,
     .upsample2x = cuda_upsample2x,
 };
+
+/* free and total bytes on a GPU (device-wide, every process and context included) */
+zi_status zi_cuda_mem_info_impl(int device, size_t *free_bytes, size_t *total_bytes) {
+    zi_status st = ZI_OK;
+    int cur = -1;
+    *free_bytes = *total_bytes = 0;
+    CU_TRY(cudaGetDevice(&cur));
+    if (cur != device) CU_TRY(cudaSetDevice(device));
+    CU_TRY(cudaMemGetInfo(free_bytes, total_bytes));
+fail:
+    return st;
+}

@@ -338,8 +338,11 @@ fail:
     return st;
 }
 
+static zi_status te_load_weights(TeModel *m, int device);
+
 zi_status te_encode(TeModel *m, float *out, const int64_t *ids, int S, int layer) {
     zi_status st = ZI_OK;
+    if (!m->be) ZI_TRY(te_load_weights(m, -1)); /* deferred at load: the CPU, now */
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     const TeConfig *c = &m->cfg;
@@ -407,6 +410,19 @@ fail:
     return st;
 }
 
+/* names, shapes and dtypes of the checkpoint, without reading any weight data */
+static zi_status te_check_weights(TeModel *m) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    TeWeights w = {0};
+    ZI_TRY(te_weight_list(&m->cfg, &w, &wl));
+    ZI_TRY(zi_weights_check(&m->ar, &wl, "model."));
+fail:
+    te_weights_free_arrays(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
 zi_status te_load(TeModel **out, const char *dir, int device) {
     zi_status st = ZI_OK;
     char path[4096];
@@ -417,7 +433,8 @@ zi_status te_load(TeModel **out, const char *dir, int device) {
     ZI_TRY(te_config_load(&m->cfg, path));
     ZI_TRY(st_open_dir(&m->ar, dir, "model"));
     ZI_TRY(te_build_inv_freq(m));
-    ZI_TRY(te_load_weights(m, device));
+    if (device == ZI_DEVICE_DEFER) ZI_TRY(te_check_weights(m));
+    else ZI_TRY(te_load_weights(m, device));
     *out = m;
     return ZI_OK;
 fail:

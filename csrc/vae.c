@@ -353,8 +353,11 @@ fail:
     return st;
 }
 
+static zi_status vae_load_weights(VaeModel *m, int device);
+
 zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int w) {
     zi_status st = ZI_OK;
+    if (!m->be) ZI_TRY(vae_load_weights(m, -1)); /* deferred at load: the CPU, now */
     const VaeConfig *c = &m->cfg;
     int f = vae_up_factor(m);
     if (B <= 0 || h <= 0 || w <= 0) return zi_fail(ZI_ERR_ARG, "latent batch %d of %dx%d is empty", B, h, w);
@@ -425,6 +428,19 @@ fail:
     return st;
 }
 
+/* names, shapes and dtypes of the checkpoint, without reading any weight data */
+static zi_status vae_check_weights(VaeModel *m) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    VaeWeights w = {0};
+    ZI_TRY(vae_weight_list(&m->cfg, &w, &wl, &m->ar));
+    ZI_TRY(zi_weights_check(&m->ar, &wl, NULL));
+fail:
+    vae_weights_arrays_free(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
 zi_status vae_load(VaeModel **out, const char *dir, int device) {
     zi_status st = ZI_OK;
     char path[4096];
@@ -434,7 +450,8 @@ zi_status vae_load(VaeModel **out, const char *dir, int device) {
     snprintf(path, sizeof path, "%s/config.json", dir);
     ZI_TRY(vae_config_load(&m->cfg, path));
     ZI_TRY(st_open_dir(&m->ar, dir, "diffusion_pytorch_model"));
-    ZI_TRY(vae_load_weights(m, device));
+    if (device == ZI_DEVICE_DEFER) ZI_TRY(vae_check_weights(m));
+    else ZI_TRY(vae_load_weights(m, device));
     *out = m;
     return ZI_OK;
 fail:

@@ -108,6 +108,18 @@ static PyObject *py_cuda_device_count(PyObject *module, PyObject *unused) {
     return PyLong_FromLong(n);
 }
 
+static PyObject *py_cuda_mem_info(PyObject *module, PyObject *args) {
+    int device = 0;
+    if (!PyArg_ParseTuple(args, "|i", &device)) return NULL;
+    size_t fr, tot;
+    zi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = zi_cuda_mem_info(device, &fr, &tot);
+    Py_END_ALLOW_THREADS
+    if (st != ZI_OK) return zi_raise(module, st);
+    return Py_BuildValue("(nn)", (Py_ssize_t)fr, (Py_ssize_t)tot);
+}
+
 static PyObject *py_cuda_compiled(PyObject *module, PyObject *unused) { return PyBool_FromLong(zi_cuda_compiled()); }
 
 static PyObject *py_read_safetensors(PyObject *module, PyObject *arg) {
@@ -1674,6 +1686,7 @@ static PyMethodDef pipeline_functions[] = {
 static PyMethodDef module_methods[] = {
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "number of usable CUDA GPUs (0 without GPU/driver/CUDA build)"},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "whether this build includes the CUDA backend"},
+    {"cuda_mem_info", py_cuda_mem_info, METH_VARARGS, "cuda_mem_info(device=0) -> (free, total) bytes, device-wide"},
     {"read_safetensors", py_read_safetensors, METH_O, "read_safetensors(path) -> dict of float32 arrays (validated)"},
     {"dit_weight_manifest", py_dit_weight_manifest, METH_O,
      "dit_weight_manifest(config_json) -> [(name, shape)] the transformer loader expects"},

@@ -4,6 +4,10 @@ import os
 
 from ._dtypes import device_name, resolve_device, resolve_dtype
 
+# device argument of the C loaders: check the checkpoint now, read the weights on the first
+# .to(device) or forward (so from_pretrained(...).to("cuda") reads them once, onto the GPU)
+_DEFER = -2
+
 
 def component_dir(path, subfolder):
     """The folder of one component (with its config.json), or FileNotFoundError."""

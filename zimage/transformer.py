@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _zimage
-from ._component import Component, component_dir
+from ._component import _DEFER, Component, component_dir
 from ._dtypes import resolve_dtype
 
 
@@ -21,7 +21,7 @@ class ZImageTransformer2DModel(Component):
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
         path = component_dir(pretrained_model_name_or_path, subfolder)
         dtype = resolve_dtype(torch_dtype)
-        return cls(_zimage.Transformer(path, -1), path, dtype)
+        return cls(_zimage.Transformer(path, _DEFER), path, dtype)
 
     @property
     def config(self):

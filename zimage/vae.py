@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from . import _zimage
-from ._component import Component, component_dir
+from ._component import _DEFER, Component, component_dir
 from ._dtypes import resolve_dtype
 
 
@@ -52,7 +52,7 @@ class AutoencoderKL(Component):
     def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, torch_dtype=None, **kwargs):
         path = component_dir(pretrained_model_name_or_path, subfolder)
         dtype = resolve_dtype(torch_dtype)
-        core = _zimage.Vae(path, -1)
+        core = _zimage.Vae(path, _DEFER)
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             raw = json.load(f)
         return cls(core, path, dtype, raw if isinstance(raw, dict) else {})
