@@ -13,8 +13,13 @@ CKPT="${CKPT:-/tmp/zi-ckpt}"
 STAGES="${STAGES:-parity,bench}"
 FRAMEWORKS="${FRAMEWORKS:-zimage,diffusers}"
 SIZES="${SIZES:-1024,512,2048}"
-python3 -c "import diffusers" 2>/dev/null || pip install -q --no-deps .carry/diffusers-*.whl 2>&1 | tail -2
-python3 -c "import diffusers" 2>/dev/null || pip install -q --no-deps .carry/*.whl 2>&1 | tail -2 || true
+# install only what is missing (the wheels are pure Python or built for the GPU machine's Python 3.12)
+for mod_whl in "importlib_metadata:importlib_metadata zipp" "PIL:pillow" "requests:requests urllib3 idna certifi charset_normalizer" \
+               "diffusers:diffusers"; do
+  mod=${mod_whl%%:*}
+  python3 -c "import $mod" 2>/dev/null && continue
+  for w in ${mod_whl#*:}; do python3 -m pip install -q --no-deps .carry/${w}-*.whl 2>&1 | grep -v WARNING || true; done
+done
 python3 -c "import diffusers; print('diffusers', diffusers.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 ZIMAGE_CUDA_ARCH="${ZIMAGE_CUDA_ARCH:-90a}" python3 setup.py build_ext --inplace -q >/tmp/zimage-build.log 2>&1 \
