@@ -18,6 +18,8 @@ extern const ZiOps zi_ops_cpu;
 zi_status zi_backend_cuda_create(int device, ZiBackend **out);
 int zi_cuda_device_count_impl(void);
 zi_status zi_cuda_mem_info_impl(int device, size_t *free_bytes, size_t *total_bytes);
+zi_status zi_cuda_device_props_impl(int device, char *name, size_t name_len, int *sms, int *threads_per_sm,
+                                    int *cc_major, int *cc_minor);
 #endif
 
 #define ZI_MAX_DEVICES 16
@@ -52,6 +54,18 @@ zi_status zi_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes) 
     return zi_cuda_mem_info_impl(device, free_bytes, total_bytes);
 #else
     return zi_fail(ZI_ERR_STATE, "zimage was built without CUDA support");
+#endif
+}
+
+zi_status zi_cuda_device_props(int device, char *name, size_t name_len, int *sms, int *threads_per_sm, int *cc_major,
+                               int *cc_minor) {
+#ifdef ZI_WITH_CUDA
+    int n = zi_cuda_device_count_impl();
+    if (device < 0 || device >= n) return zi_fail(ZI_ERR_ARG, "no CUDA device %d (%d visible)", device, n);
+    return zi_cuda_device_props_impl(device, name, name_len, sms, threads_per_sm, cc_major, cc_minor);
+#else
+    (void)name, (void)name_len, (void)sms, (void)threads_per_sm, (void)cc_major, (void)cc_minor;
+    return zi_fail(ZI_ERR_STATE, "zimage was built without CUDA support (device %d)", device);
 #endif
 }
 

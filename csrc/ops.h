@@ -110,6 +110,9 @@ int zi_cuda_device_count(void);
 int zi_cuda_compiled(void);
 /* Device-wide free / total memory of a GPU (what nvidia-smi reports, all processes). */
 zi_status zi_cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
+/* Name, SM count, max threads per SM and compute capability of a GPU. */
+zi_status zi_cuda_device_props(int device, char *name, size_t name_len, int *sms, int *threads_per_sm, int *cc_major,
+                               int *cc_minor);
 
 /* Pointer to element i of a backend buffer of activation / weight elements. */
 static inline void *zi_act(const ZiBackend *be, const void *p, size_t i) { return (char *)p + i * be->act_size; }

@@ -784,3 +784,18 @@ zi_status zi_cuda_mem_info_impl(int device, size_t *free_bytes, size_t *total_by
 fail:
     return st;
 }
+
+/* the properties torch's randn layout depends on (blocks = min(ceil(n/256), SMs * threads/256)) */
+zi_status zi_cuda_device_props_impl(int device, char *name, size_t name_len, int *sms, int *threads_per_sm,
+                                    int *cc_major, int *cc_minor) {
+    zi_status st = ZI_OK;
+    struct cudaDeviceProp p;
+    CU_TRY(cudaGetDeviceProperties(&p, device));
+    snprintf(name, name_len, "%s", p.name);
+    *sms = p.multiProcessorCount;
+    *threads_per_sm = p.maxThreadsPerMultiProcessor;
+    *cc_major = p.major;
+    *cc_minor = p.minor;
+fail:
+    return st;
+}

@@ -1,26 +1,28 @@
 /*
- * rng.c - torch.randn on the host, bit for bit where the arithmetic allows it (see rng.h).
+ * rng.c - torch.randn on the host, bit for bit (see rng.h).
  *
  * CUDA generator. ATen's normal_kernel -> distribution_nullary_kernel launches
  * min(ceil(n/256), sms * max_threads_per_sm / 256) blocks of 256 threads (T threads in all);
  * thread idx calls curand_init(seed, subsequence = idx, offset) and then, once per round,
  * curand_normal4 (= curand4 + two _curand_box_muller); element idx + T*ii + 4T*round gets
  * component ii. Afterwards the generator's offset grows by ((n-1)/(4T) + 1) * 4.
- * Reproduced exactly: the Philox4x32-10 stream and counter arithmetic, the u / v uniforms
- * (FFMA), logf (the CUDA math library's polynomial, ported instruction by instruction from
- * the PTX nvcc emits), sqrtf (IEEE on both sides), the final products. NOT reproducible from
- * documentation: curand uses the hardware intrinsic __sincosf (FMUL.RZ by 1/2pi, then the
- * MUFU.SIN / MUFU.COS special-function unit, abs. error ~2^-21); we evaluate sin/cos of the
- * same turn fraction in double and round. So values usually differ from the GPU's in the last
- * bits (see zi_mufu_sincos and the report in tests/test_rng.py).
+ * Everything is reproduced bit for bit on the host: the Philox4x32-10 stream and curand's
+ * counter arithmetic; the u / v uniforms (one FFMA each); logf (the CUDA math library's
+ * polynomial, ported FFMA by FFMA from what nvcc emits for sm_90); sqrtf (IEEE on both sides);
+ * and __sincosf, a hardware intrinsic (FMUL.RZ by 1/2pi, then the MUFU.SIN / MUFU.COS special-
+ * function unit), through a fixed-point model of that unit with coefficients measured on an
+ * H100 (see mufu_sincos). Checked against torch 2.11 on an H100 (tests/fixtures/rng/).
+ * Another GPU generation may have another special-function unit: re-run the --sfu check.
  *
  * CPU generator. torch's normal_fill (size >= 16, contiguous): n uniforms
  * (random() & 0xffffff) * 2^-24 from mt19937, Box-Muller on each block of 16 (u1 = 1 - d[j],
  * u2 = d[j+8], j < 8), and when 16 does not divide n, 16 fresh uniforms for the last 16
  * elements, transformed again. Two kernels: AVX2 (avx_mathfun's log256_ps / sincos256_ps,
- * with the FMAs GCC contracted them into) and scalar (logf, sinf, cosf of libm). Size < 16:
- * normal_distribution<double> with random64 uniforms, log1p/sin/cos in double, and the
- * second sample cached in the generator.
+ * with the FMAs GCC contracted them into; AVX512 machines run it too) and scalar (logf, sinf,
+ * cosf of libm). Size < 16: normal_distribution<double> with random64 uniforms, log1p/sin/cos
+ * in double, and the second sample cached in the generator. Bit-exact against torch 2.11/2.15
+ * for both kernels; the scalar one (and the size < 16 path) relies on glibc's libm matching
+ * the libm torch runs with (it is the same shared library on Linux).
  */
 #include "rng.h"
 
@@ -177,14 +179,83 @@ static inline float mul_rz_f32(float a, float b) {
     return r;
 }
 
-/* __sincosf(v): t = v * f32(1/2pi) rounded toward zero, then MUFU.SIN / MUFU.COS of t turns.
-   The special-function unit is an undocumented table interpolation; we return sin/cos(2 pi t)
-   rounded to float, which is within its error bound but not bit-identical to it. */
+/* __sincosf(v) on sm_90: FMUL.RZ t = v * f32(1/2pi) (t in turns), then MUFU.SIN / MUFU.COS of t.
+   The special-function unit works in fixed point: the argument becomes quarter turns with 23
+   fraction bits (truncated; bits 23-24 = quadrant), the quadrant folds the fraction into
+   [0, 1/4 turn) (odd quadrants use 2^23-1-f, quadrants 2-3 negate; cos is sin one quadrant on),
+   and sin(f) = A + B*x + C*sq(x) over 64 segments, in integers, with a truncating 17-bit
+   squarer; the sum is truncated to 24 significant bits. The design is the NV50 SFU described by
+   the envytools project; the coefficients below were MEASURED on an H100 (MUFU.SIN at every
+   reachable grid point of the first quadrant, fitted segment by segment: unique and exact), and
+   the model equals the GPU's __sincosf for every float v in [0, 2pi_f] (1,086,918,620 inputs,
+   sin and cos): `make_rng_fixtures.py --sfu` repeats both steps on any GPU. */
+static const int32_t sfu_sin_coef[64][3] = {
+    /* A (x 2^11), B, C: sin(pi/2 * (seg/64 + x/2^23)) ~ (A*2^11 + B*x + C*sq(x)) * 2^-37 */
+    {0x0000000, 0x6489,   -14}, {0x019214e, 0x6482,   -48},
+    {0x0323ec8, 0x646a,   -76}, {0x04b547c, 0x6444,  -110},
+    {0x0645e94, 0x640d,  -137}, {0x07d5934, 0x63c8,  -171},
+    {0x096407a, 0x6373,  -201}, {0x0af109c, 0x630e,  -229},
+    {0x0c7c5ba, 0x629b,  -262}, {0x0e05c10, 0x6218,  -292},
+    {0x0f8cfc8, 0x6186,  -322}, {0x1111d24, 0x60e5,  -352},
+    {0x129405e, 0x6035,  -381}, {0x14135ca, 0x5f76,  -410},
+    {0x158f9a2, 0x5ea9,  -441}, {0x170884c, 0x5dcd,  -470},
+    {0x187de2a, 0x5ce2,  -497}, {0x19ef796, 0x5be9,  -525},
+    {0x1b5d0fe, 0x5ae2,  -553}, {0x1cc66e8, 0x59cd,  -581},
+    {0x1e2b5d4, 0x58aa,  -608}, {0x1f8ba48, 0x577a,  -637},
+    {0x20e70ec, 0x563c,  -664}, {0x223d66c, 0x54f0,  -688},
+    {0x238e760, 0x5398,  -715}, {0x24da0a8, 0x5232,  -738},
+    {0x261fefc, 0x50c0,  -763}, {0x275ff44, 0x4f42,  -790},
+    {0x2899e5e, 0x4db7,  -812}, {0x29cd952, 0x4c21,  -839},
+    {0x2afad20, 0x4a7e,  -859}, {0x2c216e4, 0x48d0,  -881},
+    {0x2d413ca, 0x4717,  -904}, {0x2e5a104, 0x4553,  -926},
+    {0x2f6bbe4, 0x4384,  -946}, {0x30761be, 0x41ab,  -967},
+    {0x3179008, 0x3fc8,  -988}, {0x327444c, 0x3dda, -1004},
+    {0x3367c04, 0x3be4, -1025}, {0x34534f2, 0x39e4, -1043},
+    {0x3536cc0, 0x37db, -1059}, {0x361214e, 0x35c9, -1074},
+    {0x36e5064, 0x33b0, -1093}, {0x37af812, 0x318e, -1107},
+    {0x3871658, 0x2f65, -1123}, {0x392a960, 0x2d34, -1136},
+    {0x39daf5c, 0x2afc, -1148}, {0x3a82698, 0x28be, -1162},
+    {0x3b20d7a, 0x2679, -1172}, {0x3bb6274, 0x242f, -1185},
+    {0x3c4241c, 0x21df, -1196}, {0x3cc511e, 0x1f89, -1203},
+    {0x3d3e82c, 0x1d2f, -1213}, {0x3dae822, 0x1ad0, -1220},
+    {0x3e14fda, 0x186e, -1230}, {0x3e71e78, 0x1607, -1236},
+    {0x3ec52fc, 0x139d, -1242}, {0x3f0eca0, 0x1130, -1247},
+    {0x3f4eab2, 0x0ec0, -1250}, {0x3f84c8e, 0x0c4f, -1258},
+    {0x3fb11b2, 0x09db, -1260}, {0x3fd39ba, 0x0765, -1260},
+    {0x3fec43c, 0x04ef, -1263}, {0x3ffb10c, 0x0278, -1265},
+};
+
+/* the squarer: sum over the set bits i of x of (x >> (18 - i)), halved (x < 2^17) */
+static inline uint32_t sfu_square(uint32_t x) {
+    uint32_t r = 0;
+    for (int i = 0; i < 17; i++)
+        if ((x >> i) & 1u) r += x >> (18 - i);
+    return r >> 1;
+}
+
+/* sin (cosine = 0) or cos (cosine = 1) of k quarter turns, k in 2.23 fixed point */
+static float sfu_sincos_fixed(uint32_t k, int cosine) {
+    const unsigned q = (k >> 23) + (unsigned)cosine;
+    uint32_t f = k & 0x7FFFFFu;
+    if (q & 1u) f = 0x7FFFFFu - f;
+    const uint32_t sign = (q >> 1) & 1u;
+    const uint32_t seg = f >> 17, x = f & 0x1FFFFu;
+    int64_t res = ((int64_t)sfu_sin_coef[seg][0] << 11) + (int64_t)sfu_sin_coef[seg][1] * x +
+                  (int64_t)sfu_sin_coef[seg][2] * sfu_square(x); /* 0 <= res < 2^38 */
+    if (res <= 0) return f32_from_bits(sign << 31);
+    int lead = 37;
+    while (!((res >> lead) & 1)) lead--;
+    uint32_t mant = lead >= 23 ? (uint32_t)(res >> (lead - 23)) : (uint32_t)(res << (23 - lead));
+    uint32_t exp = (uint32_t)(127 - (37 - lead));
+    return f32_from_bits((sign << 31) | (exp << 23) | (mant - 0x800000u));
+}
+
+/* __sincosf(v) for v in [0, 2pi_f] (all curand produces), bit-exact with sm_90 */
 static void mufu_sincos(float v, float *s, float *c) {
-    float t = mul_rz_f32(v, f32_from_bits(0x3E22F983u));
-    double a = 6.283185307179586476925 * (double)t;
-    *s = (float)sin(a);
-    *c = (float)cos(a);
+    const float t = mul_rz_f32(v, f32_from_bits(0x3E22F983u)); /* turns, in [0, 1] */
+    const uint32_t k = (uint32_t)(t * 33554432.0f);               /* 2^25: quarter turns, 23 bits */
+    *s = sfu_sincos_fixed(k, 0);
+    *c = sfu_sincos_fixed(k, 1);
 }
 
 /* _curand_box_muller(x, y) as compiled for the device, then ATen's `rand * std + mean`
@@ -227,10 +298,10 @@ zi_status zi_randn_cuda_philox(float *out, size_t n, uint64_t seed, uint64_t off
     if (!out) return zi_fail(ZI_ERR_ARG, "randn: NULL output");
     if (sms <= 0 || max_threads_per_sm < (int)ZI_RNG_BLOCK)
         return zi_fail(ZI_ERR_ARG, "randn: need sms >= 1 and threads_per_sm >= 256, got %d and %d", sms, max_threads_per_sm);
-    /* ATen splits tensors that need 64-bit indexing into several launches (each with its own
-       offset reservation); we only reproduce the single launch. */
-    if ((uint64_t)n > (uint64_t)INT32_MAX)
-        return zi_fail(ZI_ERR_ARG, "randn: %zu elements need 64-bit indexing, which torch splits; not reproduced", n);
+    /* TensorIterator::can_use_32bit_indexing counts bytes: past 2^29 floats ATen splits the
+       draw into several launches (each reserving its own offset); only one launch is modelled. */
+    if ((uint64_t)n > ((uint64_t)INT32_MAX + 3) / 4)
+        return zi_fail(ZI_ERR_ARG, "randn: %zu elements exceed one 32-bit-indexed launch, which torch splits; not reproduced", n);
     const uint64_t T = zi_philox_threads(n, sms, max_threads_per_sm);
     const uint64_t stride = T * ZI_RNG_UNROLL;
     const uint64_t rounds = ((uint64_t)n - 1) / stride + 1;
@@ -313,7 +384,7 @@ static inline double cpu_uniform_f64(ZiCpuGenerator *g) {
     return (double)(cpu_u64(g) & ((1ull << 53) - 1)) * 0x1p-53;
 }
 
-/* ---- Box-Muller on 16 floats, scalar kernel (DEFAULT / AVX512 builds) ---------------- */
+/* ---- Box-Muller on 16 floats, scalar kernel (torch's DEFAULT build, non-x86) --------------- */
 
 static void normal16_scalar(float *d) {
     for (int j = 0; j < 8; j++) {
@@ -329,7 +400,9 @@ static void normal16_scalar(float *d) {
 
 /* ---- Box-Muller on 16 floats, AVX2 kernel: avx_mathfun.h (Cephes) lane by lane ---------
    torch's wheels are built by GCC with -mavx2 -mfma and FMA contraction on, so a multiply
-   whose only use is an add became one FMA (the first one of a sum of two products). */
+   whose only use is an add became one FMA (the first one of a sum of two products). Here each
+   FMA is an explicit fmaf and each product torch rounds on its own goes through a volatile, so
+   no compiler (or -ffp-contract setting) can fuse differently. */
 
 static float avx_log(float x) {
     const float one = 1.0f;
@@ -408,18 +481,14 @@ static void normal16_avx2(float *d) {
     }
 }
 
+/* torch's choice: ATEN_CPU_CAPABILITY if set, else the best the CPU has. normal_stub has no
+   AVX512 kernel (REGISTER_NO_AVX512_DISPATCH), so AVX512 machines run the AVX2 one (checked:
+   torch 2.11 on an AVX512 Xeon gives the AVX2 kernel's bits). Non-x86 builds: the scalar one. */
 ZiCpuRandnKind zi_cpu_randn_native_kind(void) {
     const char *env = getenv("ATEN_CPU_CAPABILITY");
-    if (env && *env) {
-        if (!strcmp(env, "avx2")) return ZI_CPU_RANDN_AVX2;
-        if (!strcmp(env, "default") || !strcmp(env, "avx512") || !strcmp(env, "zvector") || !strcmp(env, "sve256"))
-            return ZI_CPU_RANDN_SCALAR;
-    }
+    if (env && !strcmp(env, "default")) return ZI_CPU_RANDN_SCALAR;
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma"))
-        return ZI_CPU_RANDN_SCALAR; /* torch's AVX512 build has no NormalFill16 specialisation */
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ZI_CPU_RANDN_AVX2;
 #endif
     return ZI_CPU_RANDN_SCALAR;

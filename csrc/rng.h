@@ -6,7 +6,8 @@
  *     distribution_nullary_kernel does it; the layout depends on the GPU's SM count;
  *   - a CPU generator: mt19937, 24-bit uniforms and Box-Muller over blocks of 16 (size >= 16)
  *     or the double-precision scalar path with a cached second sample (size < 16).
- * Everything runs on the host. See rng.c for what is bit-exact and what is not.
+ * Everything runs on the host and matches torch bit for bit (CUDA: checked against torch 2.11
+ * on an H100, including curand's hardware __sincosf; CPU: torch 2.11 and 2.15); rng.c says how.
  */
 #ifndef ZI_RNG_H
 #define ZI_RNG_H
@@ -31,7 +32,9 @@ uint64_t zi_philox_offset_increment(uint64_t n, int sms, int max_threads_per_sm)
 /* out[n] = torch.randn(n, generator=g, device="cuda") for g = torch.Generator("cuda") seeded
    with `seed` whose philox offset is `offset` (0 when freshly seeded; see
    zi_philox_offset_increment for later draws), on a GPU with that many SMs / threads per SM
-   (H100: 132 x 2048). Float32, mean 0, std 1. */
+   (H100: 132 x 2048). Float32, mean 0, std 1. Any shape with n elements draws the same values.
+   n is limited to 2^29 (torch splits larger draws into several launches). ZI_ERR_ARG on bad
+   arguments. Parallel over OpenMP threads. */
 zi_status zi_randn_cuda_philox(float *out, size_t n, uint64_t seed, uint64_t offset, int sms, int max_threads_per_sm);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -50,10 +53,10 @@ typedef struct ZiCpuGenerator {
     double next_double;       /* the cached sample (r * sin(theta))                     */
 } ZiCpuGenerator;
 
-/* Which of torch's CPU kernels to mirror for size >= 16 (they round differently):
-   AVX2 uses the avx_mathfun polynomials with FMA; the scalar kernel (DEFAULT and AVX512
-   builds, and non-x86) uses libm's logf / sinf / cosf. NATIVE picks what torch would pick on
-   this CPU (ATEN_CPU_CAPABILITY, then AVX512 > AVX2 > DEFAULT by CPU features). */
+/* Which of torch's CPU kernels to mirror for size >= 16 (they round differently): AVX2 (the
+   avx_mathfun polynomials with FMA; also what AVX512 machines run) or the scalar kernel (the
+   DEFAULT build and non-x86: libm's logf / sinf / cosf). NATIVE picks what torch picks on this
+   CPU: scalar if ATEN_CPU_CAPABILITY=default or the CPU lacks AVX2+FMA, else AVX2. */
 typedef enum { ZI_CPU_RANDN_NATIVE = 0, ZI_CPU_RANDN_AVX2 = 1, ZI_CPU_RANDN_SCALAR = 2 } ZiCpuRandnKind;
 
 void zi_cpu_generator_seed(ZiCpuGenerator *g, uint64_t seed);   /* manual_seed(seed)     */

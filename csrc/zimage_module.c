@@ -120,6 +120,16 @@ static PyObject *py_cuda_mem_info(PyObject *module, PyObject *args) {
     return Py_BuildValue("(nn)", (Py_ssize_t)fr, (Py_ssize_t)tot);
 }
 
+static PyObject *py_cuda_device_properties(PyObject *module, PyObject *args) {
+    int device = 0, sms = 0, tps = 0, major = 0, minor = 0;
+    char name[256];
+    if (!PyArg_ParseTuple(args, "|i", &device)) return NULL;
+    zi_status st = zi_cuda_device_props(device, name, sizeof name, &sms, &tps, &major, &minor);
+    if (st != ZI_OK) return zi_raise(module, st);
+    return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i}", "name", name, "multi_processor_count", sms,
+                         "max_threads_per_multi_processor", tps, "major", major, "minor", minor);
+}
+
 static PyObject *py_cuda_compiled(PyObject *module, PyObject *unused) { return PyBool_FromLong(zi_cuda_compiled()); }
 
 static PyObject *py_read_safetensors(PyObject *module, PyObject *arg) {
@@ -413,6 +423,229 @@ static PyType_Spec Transformer_spec = {
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = Transformer_slots,
 };
+
+/* ==== rng (begin) ==== */
+/* torch.randn reproduced on the host, bit for bit (csrc/rng.c). In Python terms:
+ *     def randn_cuda(shape, seed, offset=0, sms=132, threads_per_sm=2048) -> f32 ndarray
+ *         # = torch.randn(shape, generator=cuda generator (seed, philox offset)) on such a GPU
+ *     def philox_offset_increment(n, sms=132, threads_per_sm=2048) -> int   # offset growth per draw
+ *     def randn_cpu(shape, seed=None, state=None, kernel="native") -> f32 ndarray
+ *         # = torch.randn(shape, generator=torch.Generator().manual_seed(seed)); or, with
+ *         # state (a writable 5056-byte buffer in torch's get_state() layout), continue from it
+ *         # and write the advanced state back. kernel: "native", "avx2", "avx512", "default".
+ *     def cpu_generator_state(seed) -> bytes    # torch.Generator().manual_seed(seed).get_state()
+ * Shapes are an int or a sequence of ints >= 0; seeds are ints in [-2^63, 2^64) (negative ones
+ * wrap, as torch's manual_seed does). Bad shapes, seeds and states raise ValueError.
+ */
+#include "rng.h"
+
+/* shape: an int or a sequence of ints >= 0 -> dims, ndim, element count */
+static int rng_parse_shape(PyObject *obj, int *ndim, npy_intp *dims, size_t *count) {
+    PyObject *seq = NULL;
+    size_t n = 1;
+    if (PyIndex_Check(obj) && !PyBool_Check(obj) && !PySequence_Check(obj)) {
+        seq = PyTuple_Pack(1, obj);
+    } else if (PySequence_Check(obj) && !PyUnicode_Check(obj) && !PyBytes_Check(obj)) {
+        seq = PySequence_Tuple(obj);
+    }
+    if (!seq) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "shape must be an int or a sequence of ints, got %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    Py_ssize_t nd = PyTuple_GET_SIZE(seq);
+    if (nd > NPY_MAXDIMS) {
+        PyErr_Format(PyExc_ValueError, "shape has %zd dimensions, at most %d are supported", nd, NPY_MAXDIMS);
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < nd; i++) {
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
+        if (PyBool_Check(item) || !PyIndex_Check(item)) {
+            PyErr_Format(PyExc_ValueError, "shape entries must be ints, got %.100s", Py_TYPE(item)->tp_name);
+            goto fail;
+        }
+        Py_ssize_t d = PyNumber_AsSsize_t(item, NULL);
+        if (d == -1 && PyErr_Occurred()) goto fail;
+        if (d < 0) {
+            PyErr_Format(PyExc_ValueError, "shape entries must be >= 0, got %zd", d);
+            goto fail;
+        }
+        if (d > 0 && n > (size_t)PY_SSIZE_T_MAX / sizeof(float) / (size_t)d) {
+            PyErr_SetString(PyExc_ValueError, "shape has too many elements");
+            goto fail;
+        }
+        n *= (size_t)d;
+        dims[i] = (npy_intp)d;
+    }
+    *ndim = (int)nd;
+    *count = n;
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
+}
+
+/* seed: an int in [-2^63, 2^64); negative values wrap to uint64 like torch's manual_seed */
+static int rng_parse_seed(PyObject *obj, uint64_t *seed) {
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_ValueError, "seed must be an int, got %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *v = PyNumber_Index(obj);
+    if (!v) return -1;
+    int overflow = 0;
+    long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow == 0 && !(s == -1 && PyErr_Occurred())) {
+        *seed = (uint64_t)s;
+    } else if (overflow > 0) {
+        PyErr_Clear();
+        unsigned long long u = PyLong_AsUnsignedLongLong(v);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            overflow = -1;
+        } else {
+            *seed = (uint64_t)u;
+            overflow = 0;
+        }
+    }
+    Py_DECREF(v);
+    if (overflow) {
+        PyErr_SetString(PyExc_ValueError, "seed must be in [-2**63, 2**64)");
+        return -1;
+    }
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int rng_parse_kernel(PyObject *obj, ZiCpuRandnKind *kind) {
+    const char *s = obj == Py_None ? "native" : PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
+    if (!s) {
+        PyErr_SetString(PyExc_ValueError, "kernel must be one of 'native', 'avx2', 'avx512', 'default'");
+        return -1;
+    }
+    if (!strcmp(s, "native")) *kind = ZI_CPU_RANDN_NATIVE;
+    else if (!strcmp(s, "avx2") || !strcmp(s, "avx512")) *kind = ZI_CPU_RANDN_AVX2;
+    else if (!strcmp(s, "default")) *kind = ZI_CPU_RANDN_SCALAR;
+    else {
+        PyErr_Format(PyExc_ValueError, "unknown CPU randn kernel %.50s (native, avx2, avx512, default)", s);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_randn_cuda(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"shape", "seed", "offset", "sms", "threads_per_sm", NULL};
+    PyObject *shape_obj, *seed_obj, *offset_obj = NULL;
+    int sms = 132, tps = 2048, ndim;
+    npy_intp dims[NPY_MAXDIMS];
+    size_t n;
+    uint64_t seed, offset = 0;
+    zi_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Oii", kwlist, &shape_obj, &seed_obj, &offset_obj, &sms, &tps)) return NULL;
+    if (rng_parse_shape(shape_obj, &ndim, dims, &n) < 0 || rng_parse_seed(seed_obj, &seed) < 0) return NULL;
+    if (offset_obj) {
+        if (PyBool_Check(offset_obj) || !PyIndex_Check(offset_obj)) {
+            PyErr_SetString(PyExc_ValueError, "offset must be an int >= 0");
+            return NULL;
+        }
+        PyObject *v = PyNumber_Index(offset_obj);
+        if (!v) return NULL;
+        offset = PyLong_AsUnsignedLongLong(v);
+        Py_DECREF(v);
+        if (offset == (uint64_t)-1 && PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "offset must be an int in [0, 2**64)");
+            return NULL;
+        }
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
+    if (!out) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = zi_randn_cuda_philox(PyArray_DATA(out), n, seed, offset, sms, tps);
+    Py_END_ALLOW_THREADS
+    if (st != ZI_OK) {
+        Py_DECREF(out);
+        return zi_raise(module, st);
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_philox_offset_increment(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"n", "sms", "threads_per_sm", NULL};
+    unsigned long long n;
+    int sms = 132, tps = 2048;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "K|ii", kwlist, &n, &sms, &tps)) return NULL;
+    if (sms <= 0 || tps < 256) {
+        PyErr_Format(PyExc_ValueError, "need sms >= 1 and threads_per_sm >= 256, got %d and %d", sms, tps);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(zi_philox_offset_increment(n, sms, tps));
+}
+
+static PyObject *py_randn_cpu(PyObject *module, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"shape", "seed", "state", "kernel", NULL};
+    PyObject *shape_obj, *seed_obj = Py_None, *state_obj = Py_None, *kernel_obj = Py_None;
+    int ndim;
+    npy_intp dims[NPY_MAXDIMS];
+    size_t n;
+    uint64_t seed = 0;
+    ZiCpuRandnKind kind;
+    Py_buffer view = {0};
+    PyArrayObject *out = NULL;
+    ZiCpuGenerator *g = NULL;
+    zi_status st;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOO", kwlist, &shape_obj, &seed_obj, &state_obj, &kernel_obj)) return NULL;
+    if (rng_parse_shape(shape_obj, &ndim, dims, &n) < 0 || rng_parse_kernel(kernel_obj, &kind) < 0) return NULL;
+    if ((seed_obj == Py_None) == (state_obj == Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "randn_cpu needs exactly one of seed and state");
+        return NULL;
+    }
+    if (seed_obj != Py_None && rng_parse_seed(seed_obj, &seed) < 0) return NULL;
+    g = PyMem_Malloc(sizeof *g);
+    if (!g) return PyErr_NoMemory();
+    if (state_obj != Py_None) {
+        if (PyObject_GetBuffer(state_obj, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "state must be a writable contiguous buffer (a bytearray)");
+            goto fail;
+        }
+        st = zi_cpu_generator_unpack(g, view.buf, (size_t)view.len);
+        if (st != ZI_OK) { zi_raise(module, st); goto fail; }
+    } else {
+        zi_cpu_generator_seed(g, seed);
+    }
+    out = (PyArrayObject *)PyArray_SimpleNew(ndim, dims, NPY_FLOAT32);
+    if (!out) goto fail;
+    Py_BEGIN_ALLOW_THREADS
+    st = zi_randn_cpu_generator(g, PyArray_DATA(out), n, kind);
+    Py_END_ALLOW_THREADS
+    if (st != ZI_OK) { zi_raise(module, st); goto fail; }
+    if (view.buf) zi_cpu_generator_pack(g, view.buf);
+    if (view.obj) PyBuffer_Release(&view);
+    PyMem_Free(g);
+    return (PyObject *)out;
+fail:
+    if (view.obj) PyBuffer_Release(&view);
+    PyMem_Free(g);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_cpu_generator_state(PyObject *module, PyObject *arg) {
+    uint64_t seed;
+    if (rng_parse_seed(arg, &seed) < 0) return NULL;
+    ZiCpuGenerator *g = PyMem_Malloc(sizeof *g);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, ZI_CPU_GEN_STATE_BYTES);
+    if (!g || !res) {
+        PyMem_Free(g);
+        Py_XDECREF(res);
+        return PyErr_NoMemory();
+    }
+    zi_cpu_generator_seed(g, seed);
+    zi_cpu_generator_pack(g, (uint8_t *)PyBytes_AS_STRING(res));
+    PyMem_Free(g);
+    return res;
+}
+/* ==== rng (end) ==== */
 
 /* ==== tokenizer (begin) ==== */
 /* Qwen2Tokenizer: the Qwen2/Qwen3 byte-level BPE tokenizer (HF tokenizers semantics). In Python terms:
@@ -1687,11 +1920,21 @@ static PyMethodDef module_methods[] = {
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "number of usable CUDA GPUs (0 without GPU/driver/CUDA build)"},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "whether this build includes the CUDA backend"},
     {"cuda_mem_info", py_cuda_mem_info, METH_VARARGS, "cuda_mem_info(device=0) -> (free, total) bytes, device-wide"},
+    {"cuda_device_properties", py_cuda_device_properties, METH_VARARGS,
+     "cuda_device_properties(device=0) -> dict(name, multi_processor_count, max_threads_per_multi_processor, major, minor)"},
     {"read_safetensors", py_read_safetensors, METH_O, "read_safetensors(path) -> dict of float32 arrays (validated)"},
     {"dit_weight_manifest", py_dit_weight_manifest, METH_O,
      "dit_weight_manifest(config_json) -> [(name, shape)] the transformer loader expects"},
     {"flow_match_schedule", (PyCFunction)(void (*)(void))py_flow_match_schedule, METH_VARARGS | METH_KEYWORDS,
      "flow_match_schedule(steps, shift=3.0, sigmas=None, num_train_timesteps=1000) -> (sigmas[N+1], timesteps[N], t_model[N])"},
+    {"randn_cuda", (PyCFunction)(void (*)(void))py_randn_cuda, METH_VARARGS | METH_KEYWORDS,
+     "randn_cuda(shape, seed, offset=0, sms=132, threads_per_sm=2048) -> float32 array: torch.randn on a CUDA generator, bit for bit"},
+    {"philox_offset_increment", (PyCFunction)(void (*)(void))py_philox_offset_increment, METH_VARARGS | METH_KEYWORDS,
+     "philox_offset_increment(n, sms=132, threads_per_sm=2048) -> how far one randn of n elements moves a CUDA generator's offset"},
+    {"randn_cpu", (PyCFunction)(void (*)(void))py_randn_cpu, METH_VARARGS | METH_KEYWORDS,
+     "randn_cpu(shape, seed=None, state=None, kernel='native') -> float32 array: torch.randn on a CPU generator, bit for bit"},
+    {"cpu_generator_state", py_cpu_generator_state, METH_O,
+     "cpu_generator_state(seed) -> bytes: torch.Generator().manual_seed(seed).get_state()"},
     {NULL, NULL, 0, NULL},
 };
 

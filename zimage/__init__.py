@@ -10,6 +10,7 @@ from .vae import AutoencoderKL
 from .text_encoder import Qwen3Model
 from .scheduler import FlowMatchEulerDiscreteScheduler
 from .image import Image
+from .generator import Generator
 from ._pipeline_support import ZImagePipelineOutput
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoencoderKL",
     "FlowMatchEulerDiscreteScheduler",
+    "Generator",
     "Image",
     "Qwen2Tokenizer",
     "Qwen3Model",
