@@ -4,7 +4,8 @@ outputs must be no further from diffusers/transformers fp32 than diffusers' own 
   - the text-encoder hidden states (layer -2) of the prompt,
   - one transformer forward at 1024^2,
   - the VAE decode of a 1024^2 latent,
-  - the final image of the whole pipeline (1024^2, 9 steps, guidance 0).
+  - the final image of the whole pipeline (1024^2, 9 steps, guidance 0), from given latents and
+    from torch.Generator("cuda").manual_seed(42) (so our initial noise must equal torch's).
 Usage: python benchmarks/parity_full.py --ckpt /tmp/zi-ckpt [--json out.json]
 """
 import argparse
@@ -43,6 +44,9 @@ def diffusers_outputs(ckpt, dtype, lat, t_model, z):
         out["vae"] = img.float().cpu().numpy()
         out["image"] = pipe(prompt=PROMPT, height=1024, width=1024, num_inference_steps=9, guidance_scale=0.0,
                             latents=torch.from_numpy(lat).to("cuda"), output_type="np").images
+        out["image_seed42"] = pipe(prompt=PROMPT, height=1024, width=1024, num_inference_steps=9,
+                                   guidance_scale=0.0, generator=torch.Generator("cuda").manual_seed(42),
+                                   output_type="np").images
     del pipe
     gc.collect()
     torch.cuda.empty_cache()
@@ -63,6 +67,9 @@ def zimage_outputs(ckpt, lat, t_model, z):
     out["vae"] = pipe.vae.decode(z).sample
     out["image"] = pipe(prompt=PROMPT, height=1024, width=1024, num_inference_steps=9, guidance_scale=0.0,
                         latents=lat, output_type="np").images
+    # the user's call: a torch CUDA generator, no latents (our noise must equal torch's)
+    out["image_seed42"] = pipe(prompt=PROMPT, height=1024, width=1024, num_inference_steps=9, guidance_scale=0.0,
+                               generator=torch.Generator("cuda").manual_seed(42), output_type="np").images
     del pipe
     gc.collect()
     return out
@@ -87,7 +94,7 @@ def main():
     ours = zimage_outputs(a.ckpt, lat, t_model, z)
     res = {"gpu": torch.cuda.get_device_name(0), "date": time.strftime("%Y-%m-%d"), "zimage_load_s": ours["load_s"]}
     ok = True
-    for k in ("te", "dit", "vae", "image"):
+    for k in ("te", "dit", "vae", "image", "image_seed42"):
         e_bf, e_ours = rel(bf[k], ref[k]), rel(ours[k], ref[k])
         res[k] = {"diffusers_bf16_vs_fp32": e_bf, "zimage_vs_fp32": e_ours, "ratio": e_ours / e_bf,
                   "max_abs_zimage": float(np.abs(ours[k] - ref[k]).max()),

@@ -84,3 +84,27 @@ def test_cuda_errors_are_exceptions():
     with pytest.raises((zimage.ZImageError, ValueError)):
         model.to(f"cuda:{zimage.cuda_device_count()}")  # one past the last GPU
     assert model.device == "cpu"
+
+
+def test_tiny_pipeline_cuda(tiny_pipeline):
+    """The tiny pipeline on CUDA against diffusers' fp32 images (bf16-level bound) and against
+    our own CPU run."""
+    import json
+    _, _, folder = tiny_pipeline
+    cases = {c["name"]: c for c in json.load(open(os.path.join(FIXTURES, "pipeline", "cases.json")))["cases"]}
+    ref = np.load(os.path.join(FIXTURES, "pipeline", "reference.npz"))
+    pipe = zimage.ZImagePipeline.from_pretrained(folder).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.device == "cuda:0"
+    for name in ("c1", "c2", "c4", "c5", "c6"):
+        c = cases[name]
+        kw = dict(prompt=c["prompt"], negative_prompt=c["negative_prompt"], height=c["height"], width=c["width"],
+                  num_inference_steps=c["num_inference_steps"], guidance_scale=c["guidance_scale"],
+                  cfg_normalization=c["cfg_normalization"], cfg_truncation=c["cfg_truncation"],
+                  num_images_per_prompt=c["num_images_per_prompt"], latents=ref[c["keys"]["latents"]],
+                  output_type="np")
+        out = pipe(**kw).images
+        assert rel_l2(out, ref[c["keys"]["images"]]) < BF16_BOUND, name
+    pipe.to("cpu")
+    out = pipe(**kw).images
+    assert float(np.abs(out - ref[cases["c6"]["keys"]["images"]]).max()) < 2e-3
