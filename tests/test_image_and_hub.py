@@ -147,3 +147,21 @@ def test_scheduler_config(tmp_path):
     (d / "scheduler_config.json").write_text('{"shift": 3.0, "use_dynamic_shifting": true}')
     with pytest.raises(ValueError, match="dynamic"):
         zimage.FlowMatchEulerDiscreteScheduler.from_pretrained(str(tmp_path), subfolder="scheduler")
+
+
+def test_download_failure_is_file_not_found(tmp_path, monkeypatch):
+    """With a hub client installed but no network (or no such repo), a clear FileNotFoundError."""
+    import sys
+    import types
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MODELSCOPE_CACHE", raising=False)
+    fake = types.ModuleType("huggingface_hub")
+
+    def snapshot_download(repo_id, revision=None):
+        raise ConnectionError("no network")
+
+    fake.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    monkeypatch.setitem(sys.modules, "modelscope", None)  # import fails
+    with pytest.raises(FileNotFoundError, match="huggingface_hub.snapshot_download: failed.*no network"):
+        _hub.resolve("Org/Offline")

@@ -64,18 +64,19 @@ def resolve(name_or_path, **kwargs):
                 return cand
         if not kwargs.get("local_files_only"):
             revision = kwargs.get("revision")
-            try:
-                from modelscope import snapshot_download as ms_download  # noqa: F401
-            except ImportError:
-                ms_download = None
-            if ms_download is not None:
-                return ms_download(path, revision=revision or "master")
-            try:
-                from huggingface_hub import snapshot_download as hf_download
-            except ImportError:
-                hf_download = None
-            if hf_download is not None:
-                return hf_download(path, revision=revision)
+            for module, rev in (("modelscope", revision or "master"), ("huggingface_hub", revision)):
+                try:
+                    download = __import__(module, fromlist=["snapshot_download"]).snapshot_download
+                except (ImportError, AttributeError):
+                    continue
+                try:
+                    got = download(path, revision=rev)
+                except Exception as e:  # offline, unknown repo, no access: say so, with where we looked
+                    looked.append(f"{module}.snapshot_download: failed ({type(e).__name__}: {str(e)[:200]})")
+                    continue
+                if _is_model_dir(got):
+                    return got
+                looked.append(f"{module}.snapshot_download: {got} has no model_index.json")
     raise FileNotFoundError(
         f"cannot find the model {path!r}. Looked in:\n  " + "\n  ".join(looked or [path]) +
         "\nDownload it first (pip install modelscope; modelscope download --model " + path +
