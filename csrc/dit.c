@@ -42,7 +42,7 @@ struct DitModel {
         void *g, *u;        /* [S, F] FFN gate and up                                     */
         void *lat;          /* [C*Fr*H*W] latent in, and out                              */
         void *patches;      /* [N, P] patch tokens in, then final-layer output             */
-        void *cap;          /* [L, Cc] caption features                                   */
+        void *cap;          /* [L, Cc] caption features (dit_forward's host upload)       */
         void *capn;         /* [L, Cc] normed caption features                            */
         void *tf;           /* [256] sinusoid                                             */
         void *th;           /* [T] timestep MLP hidden                                    */
@@ -53,6 +53,8 @@ struct DitModel {
         float *cs;          /* [S, HD/2, 2] RoPE cos/sin, fp32 on every backend            */
     } t;
     float *cs_host;         /* [S, HD/2, 2] host staging for cs                           */
+    int cs_key[4];          /* (Ft, Ht, Wt, Lp) the table in t.cs was built for            */
+    int cs_valid;           /* t.cs holds that table (reset when the activations move)     */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -264,6 +266,7 @@ static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
     for (size_t i = 0; i < n; i++) total += (spec[i].bytes + 255) & ~(size_t)255;
     be->ops->free(be, m->acts);
     m->acts = NULL;
+    m->cs_valid = 0;
     free(m->cs_host);
     m->cs_host = NULL;
     ZI_TRY(be->ops->alloc(be, &m->acts, total));
@@ -378,50 +381,85 @@ fail:
 
 static zi_status dit_load_weights(DitModel *m, int device);
 
-zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const float *cap,
-                      int L) {
+zi_status dit_backend(DitModel *m, ZiBackend **be) {
     zi_status st = ZI_OK;
+    *be = NULL;
     if (!m->be) ZI_TRY(dit_load_weights(m, -1)); /* deferred at load: the CPU, now */
+    *be = m->be;
+fail:
+    return st;
+}
+
+/* Sizes of one forward, checked. */
+typedef struct DitDims {
+    int Fr, H, W, L;        /* latent [C, Fr, H, W], caption rows                    */
+    int Ft, Ht, Wt, N;      /* token grid, N = Ft*Ht*Wt image tokens                 */
+    int Np, Lp, S;          /* padded to SEQ_MULTI_OF, S = Np + Lp                    */
+    size_t lat;             /* latent elements                                       */
+} DitDims;
+
+/* Check the sizes, size the activations and fill the RoPE table for them (kept on the device
+   while the token layout stays the same, so a denoising loop uploads it once). */
+static zi_status dit_prepare(DitModel *m, DitDims *d, int Fr, int H, int W, int L) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = NULL;
+    ZI_TRY(dit_backend(m, &be));
+    const DitConfig *c = &m->cfg;
+    int pF = c->f_patch, pH = c->patch, pW = c->patch, HD = c->head_dim;
+    if (Fr <= 0 || H <= 0 || W <= 0 || Fr % pF || H % pH || W % pW)
+        return zi_fail(ZI_ERR_ARG, "latent of %d frames x %dx%d is not divisible by the patch size %dx%dx%d", Fr, H, W,
+                       pF, pH, pW);
+    if (L <= 0) return zi_fail(ZI_ERR_ARG, "caption features must have at least one row");
+    d->Fr = Fr, d->H = H, d->W = W, d->L = L;
+    d->Ft = Fr / pF, d->Ht = H / pH, d->Wt = W / pW;
+    d->N = d->Ft * d->Ht * d->Wt;
+    d->Np = d->N + (SEQ_MULTI_OF - d->N % SEQ_MULTI_OF) % SEQ_MULTI_OF;
+    d->Lp = L + (SEQ_MULTI_OF - L % SEQ_MULTI_OF) % SEQ_MULTI_OF;
+    d->S = d->Np + d->Lp;
+    d->lat = (size_t)c->in_channels * Fr * H * W;
+    if (d->Lp + d->Ft >= c->axes_lens[0] || d->Ht > c->axes_lens[1] || d->Wt > c->axes_lens[2])
+        return zi_fail(ZI_ERR_ARG,
+                       "input too large for the RoPE tables: %d caption tokens (padded %d) and a %dx%dx%d token grid "
+                       "need axes_lens of at least [%d, %d, %d], the model has [%d, %d, %d]",
+                       L, d->Lp, d->Ft, d->Ht, d->Wt, d->Lp + d->Ft + 1, d->Ht, d->Wt, c->axes_lens[0], c->axes_lens[1],
+                       c->axes_lens[2]);
+    ZI_TRY(dit_ensure_acts(m, d->S, d->N, L, d->lat));
+    int key[4] = {d->Ft, d->Ht, d->Wt, d->Lp};
+    if (m->cs_valid && memcmp(key, m->cs_key, sizeof key) == 0) return ZI_OK;
+
+    /* RoPE positions: image (Lp+1+f, h, w), image pad (0,0,0), caption (1+i, 0, 0) */
+    for (int f = 0; f < d->Ft; f++)
+        for (int h = 0; h < d->Ht; h++)
+            for (int x = 0; x < d->Wt; x++)
+                dit_rope_row(m, m->cs_host + (size_t)((f * d->Ht + h) * d->Wt + x) * HD, d->Lp + 1 + f, h, x);
+    for (int n = d->N; n < d->Np; n++) dit_rope_row(m, m->cs_host + (size_t)n * HD, 0, 0, 0);
+    for (int i = 0; i < d->Lp; i++) dit_rope_row(m, m->cs_host + (size_t)(d->Np + i) * HD, 1 + i, 0, 0);
+    ZI_TRY(be->ops->upload_f32(be, m->t.cs, m->cs_host, (size_t)d->S * HD));      /* cs [S, HD/2, 2] */
+    memcpy(m->cs_key, key, sizeof key);
+    m->cs_valid = 1;
+fail:
+    return st;
+}
+
+/* The transformer on the latent in m->t.lat [C, Fr, H, W] (activation type) with caption
+   features cap [L, Cc] (activation type, on the backend); the output replaces m->t.lat. */
+static zi_status dit_run(DitModel *m, const DitDims *d, float t, const void *cap) {
+    zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     const DitConfig *c = &m->cfg;
     const DitWeights *w = &m->w;
     int C = c->in_channels, pF = c->f_patch, pH = c->patch, pW = c->patch, D = c->dim, HD = c->head_dim;
     int Cc = c->cap_feat_dim, P = pF * pH * pW * C;
-    if (Fr <= 0 || H <= 0 || W <= 0 || Fr % pF || H % pH || W % pW)
-        return zi_fail(ZI_ERR_ARG, "latent of %d frames x %dx%d is not divisible by the patch size %dx%dx%d", Fr, H, W,
-                       pF, pH, pW);
-    if (L <= 0) return zi_fail(ZI_ERR_ARG, "caption features must have at least one row");
-    int Ft = Fr / pF, Ht = H / pH, Wt = W / pW;
-    int N = Ft * Ht * Wt;
-    int Np = N + (SEQ_MULTI_OF - N % SEQ_MULTI_OF) % SEQ_MULTI_OF;
-    int Lp = L + (SEQ_MULTI_OF - L % SEQ_MULTI_OF) % SEQ_MULTI_OF;
-    int S = Np + Lp;
-    if (Lp + Ft >= c->axes_lens[0] || Ht > c->axes_lens[1] || Wt > c->axes_lens[2])
-        return zi_fail(ZI_ERR_ARG,
-                       "input too large for the RoPE tables: %d caption tokens (padded %d) and a %dx%dx%d token grid "
-                       "need axes_lens of at least [%d, %d, %d], the model has [%d, %d, %d]",
-                       L, Lp, Ft, Ht, Wt, Lp + Ft + 1, Ht, Wt, c->axes_lens[0], c->axes_lens[1], c->axes_lens[2]);
-    size_t lat = (size_t)C * Fr * H * W;
-    ZI_TRY(dit_ensure_acts(m, S, N, L, lat));
+    int Fr = d->Fr, H = d->H, W = d->W, L = d->L, N = d->N, Np = d->Np, Lp = d->Lp, S = d->S;
     void *img = m->t.x;                                /* rows [0, Np): image tokens    */
     void *txt = zi_act(be, m->t.x, (size_t)Np * D);    /* rows [Np, S): caption tokens  */
-
-    /* RoPE positions: image (Lp+1+f, h, w), image pad (0,0,0), caption (1+i, 0, 0) */
-    for (int f = 0; f < Ft; f++)
-        for (int h = 0; h < Ht; h++)
-            for (int x = 0; x < Wt; x++)
-                dit_rope_row(m, m->cs_host + (size_t)((f * Ht + h) * Wt + x) * HD, Lp + 1 + f, h, x);
-    for (int n = N; n < Np; n++) dit_rope_row(m, m->cs_host + (size_t)n * HD, 0, 0, 0);
-    for (int i = 0; i < Lp; i++) dit_rope_row(m, m->cs_host + (size_t)(Np + i) * HD, 1 + i, 0, 0);
-    ZI_TRY(op->upload_f32(be, m->t.cs, m->cs_host, (size_t)S * HD));               /* cs [S, HD/2, 2] */
     const float *cs_img = m->t.cs, *cs_txt = m->t.cs + (size_t)Np * HD;
 
     /* t_embedder */
     ZI_TRY(dit_timestep_embed(m, t));                                              /* c [A]           */
 
     /* image: patchify, x_embedder, pad token, noise_refiner */
-    ZI_TRY(op->upload(be, m->t.lat, latent, lat));                                 /* lat [C, Fr, H, W] */
     ZI_TRY(op->patchify(be, m->t.patches, m->t.lat, C, Fr, H, W, pF, pH, pW));     /* patches [N, P]  */
     ZI_TRY(op->matmul(be, img, m->t.patches, w->x_embed_w, w->x_embed_b, N, P, D)); /* img [N, D]     */
     if (Np > N) ZI_TRY(op->fill_rows(be, zi_act(be, img, (size_t)N * D), w->x_pad_token, Np - N, D)); /* img [Np, D] */
@@ -429,8 +467,7 @@ zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int 
         ZI_TRY(dit_block_forward(m, &w->noise_refiner[i], img, cs_img, Np, m->t.c)); /* img [Np, D]   */
 
     /* caption: cap_embedder (RMSNorm, Linear), pad token, context_refiner */
-    ZI_TRY(op->upload(be, m->t.cap, cap, (size_t)L * Cc));                          /* cap [L, Cc]    */
-    ZI_TRY(op->rmsnorm(be, m->t.capn, m->t.cap, w->cap_norm, L, Cc, c->norm_eps));  /* capn [L, Cc]   */
+    ZI_TRY(op->rmsnorm(be, m->t.capn, cap, w->cap_norm, L, Cc, c->norm_eps));       /* capn [L, Cc]   */
     ZI_TRY(op->matmul(be, txt, m->t.capn, w->cap_w, w->cap_b, L, Cc, D));           /* txt [L, D]     */
     if (Lp > L) ZI_TRY(op->fill_rows(be, zi_act(be, txt, (size_t)L * D), w->cap_pad_token, Lp - L, D)); /* txt [Lp, D] */
     for (int i = 0; i < c->n_refiner_layers; i++)
@@ -450,7 +487,33 @@ zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int 
 
     /* unpatchify */
     ZI_TRY(op->unpatchify(be, m->t.lat, m->t.patches, C, Fr, H, W, pF, pH, pW));   /* lat [C, Fr, H, W] */
-    ZI_TRY(op->download(be, out, m->t.lat, lat));
+fail:
+    return st;
+}
+
+zi_status dit_forward_dev(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const void *cap,
+                          int L) {
+    zi_status st = ZI_OK;
+    DitDims d;
+    ZI_TRY(dit_prepare(m, &d, Fr, H, W, L));
+    ZiBackend *be = m->be;
+    ZI_TRY(be->ops->to_act(be, m->t.lat, latent, d.lat));                          /* lat [C, Fr, H, W] */
+    ZI_TRY(dit_run(m, &d, t, cap));                                                /* lat: the output */
+    ZI_TRY(be->ops->to_f32(be, out, m->t.lat, d.lat));                             /* out [C, Fr, H, W] f32 */
+fail:
+    return st;
+}
+
+zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const float *cap,
+                      int L) {
+    zi_status st = ZI_OK;
+    DitDims d;
+    ZI_TRY(dit_prepare(m, &d, Fr, H, W, L));
+    ZiBackend *be = m->be;
+    ZI_TRY(be->ops->upload(be, m->t.lat, latent, d.lat));                         /* lat [C, Fr, H, W] */
+    ZI_TRY(be->ops->upload(be, m->t.cap, cap, (size_t)L * m->cfg.cap_feat_dim));  /* cap [L, Cc]     */
+    ZI_TRY(dit_run(m, &d, t, m->t.cap));                                           /* lat: the output */
+    ZI_TRY(be->ops->download(be, out, m->t.lat, d.lat));
 fail:
     return st;
 }
@@ -477,6 +540,7 @@ static zi_status dit_load_weights(DitModel *m, int device) {
     m->weights = block;
     m->be = be;
     m->acts = NULL;
+    m->cs_valid = 0;
     m->max_S = m->max_N = m->max_L = 0;
     m->max_lat = 0;
     zi_weights_list_free(&wl);

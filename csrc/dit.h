@@ -65,8 +65,18 @@ const DitConfig *dit_config(const DitModel *m);
 int dit_device(const DitModel *m);
 void dit_free(DitModel *m);
 
-/* One sample. latent[C, Fr, H, W] f32 (host), t the pipeline's t, cap[L, Cc] f32 (host);
-   out[C, Fr, H, W] f32 (host) gets the model output (before the pipeline negates it). */
+/* The backend holding the weights; weights deferred at load are loaded now, onto the CPU (as
+   the first forward would). */
+zi_status dit_backend(DitModel *m, ZiBackend **be);
+
+/* One sample on the model's backend, no host transfer of the latent. latent[C, Fr, H, W] f32
+   (backend), t the pipeline's t, cap[L, Cc] caption features (activation type, backend);
+   out[C, Fr, H, W] f32 (backend) gets the model output (before the pipeline negates it). The
+   latent is rounded to the activation type as the model's input; out may not alias latent. */
+zi_status dit_forward_dev(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const void *cap,
+                          int L);
+
+/* dit_forward_dev on host arrays: latent[C, Fr, H, W], cap[L, Cc], out[C, Fr, H, W], all f32 (host). */
 zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int H, int W, float t, const float *cap,
                       int L);
 

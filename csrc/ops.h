@@ -85,6 +85,33 @@ typedef struct ZiOps {
                         int H, int W, int Co, int k, int pad);
     /* out[B,C,2H,2W] = nearest-neighbour 2x of in[B,C,H,W] */
     zi_status (*upsample2x)(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W);
+
+    /* ---- the sampler: latents and predictions are f32 on every backend ---- */
+    /* backend bytes -> host bytes, no conversion (f32 latents, uint8 images); returns once dst is written */
+    zi_status (*download_bytes)(ZiBackend *be, void *dst, const void *src, size_t bytes);
+    /* out[n] (activation type) = in[n] (f32), rounded to nearest even where the type is narrower */
+    zi_status (*to_act)(ZiBackend *be, void *out, const float *in, size_t n);
+    /* out[n] (f32) = in[n] (activation type) */
+    zi_status (*to_f32)(ZiBackend *be, float *out, const void *in, size_t n);
+    /* pred[n] = pos + g * (pos - neg), each op rounded in f32 (pred may alias pos or neg) */
+    zi_status (*cfg_combine)(ZiBackend *be, float *pred, const float *pos, const float *neg, float g, size_t n);
+    /* *sum (host) = sum of x[i]^2 over x[n] (f32), accumulated in double; waits for the result */
+    zi_status (*sumsq_f32)(ZiBackend *be, double *sum, const float *x, size_t n);
+    /* out[n] = in[n] * s (f32; out may alias in) */
+    zi_status (*scale_f32)(ZiBackend *be, float *out, const float *in, float s, size_t n);
+    /* flow-match Euler step with v = -pred: x[n] = x + dt * v (f32, the product rounded before the add) */
+    zi_status (*euler_step)(ZiBackend *be, float *x, const float *pred, float dt, size_t n);
+    /* out[n] (activation type) = lat[n] / scaling_factor + shift_factor (f32, one rounding to the type at the end) */
+    zi_status (*latents_to_vae)(ZiBackend *be, void *out, const float *lat, float scaling_factor, float shift_factor,
+                                size_t n);
+
+    /* ---- image output (VaeImageProcessor.postprocess) ---- */
+    /* out[B,H,W,C] uint8 (backend bytes) = round_half_even(clamp(img * 0.5 + 0.5, 0, 1) * 255) of img[B,C,H,W]
+       (activation type); NaN gives 0. bf16_rule: img and img * 0.5 + 0.5 are rounded to bf16 first, as
+       diffusers' bf16 tensor arithmetic does */
+    zi_status (*image_to_uint8)(ZiBackend *be, uint8_t *out, const void *img, int B, int C, int H, int W, int bf16_rule);
+    /* out[B,H,W,C] f32 (backend) = clamp(img[B,C,H,W] * 0.5 + 0.5, 0, 1) (output_type "np") */
+    zi_status (*image_to_float_hwc)(ZiBackend *be, float *out, const void *img, int B, int C, int H, int W);
 } ZiOps;
 
 struct ZiBackend {

@@ -362,6 +362,109 @@ static zi_status cpu_upsample2x(ZiBackend *be, void *out, const void *in, int B,
     return ZI_OK;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* the sampler's f32 latents; activations are f32 here too, so the casts are copies */
+
+static zi_status cpu_download_bytes(ZiBackend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    memmove(dst, src, bytes);
+    return ZI_OK;
+}
+
+static zi_status cpu_to_act(ZiBackend *be, void *out, const float *in, size_t n) {
+    (void)be;
+    memmove(out, in, n * sizeof(float));
+    return ZI_OK;
+}
+
+static zi_status cpu_to_f32(ZiBackend *be, float *out, const void *in, size_t n) {
+    (void)be;
+    memmove(out, in, n * sizeof(float));
+    return ZI_OK;
+}
+
+/* pred = pos + g * (pos - neg): three f32 roundings, in this order */
+static zi_status cpu_cfg_combine(ZiBackend *be, float *pred, const float *pos, const float *neg, float g, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float d = pos[i] - neg[i];
+        float gd = g * d;
+        pred[i] = pos[i] + gd;
+    }
+    return ZI_OK;
+}
+
+static zi_status cpu_sumsq_f32(ZiBackend *be, double *sum, const float *x, size_t n) {
+    (void)be;
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    *sum = s;
+    return ZI_OK;
+}
+
+static zi_status cpu_scale_f32(ZiBackend *be, float *out, const float *in, float s, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) out[i] = in[i] * s;
+    return ZI_OK;
+}
+
+/* x + dt * v with v = -pred: the product is rounded, then added (no fused multiply-add) */
+static zi_status cpu_euler_step(ZiBackend *be, float *x, const float *pred, float dt, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float step = dt * -pred[i];
+        x[i] += step;
+    }
+    return ZI_OK;
+}
+
+static zi_status cpu_latents_to_vae(ZiBackend *be, void *out, const float *lat, float scaling_factor,
+                                    float shift_factor, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        float q = lat[i] / scaling_factor;
+        F(out)[i] = q + shift_factor;
+    }
+    return ZI_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* image output: planar [B,C,H,W] in, interleaved [B,H,W,C] out */
+
+static inline float bf16_round(float x) { return zi_bf16_to_f32(zi_f32_to_bf16(x)); }
+
+static zi_status cpu_image_to_uint8(ZiBackend *be, uint8_t *out, const void *img, int B, int C, int H, int W,
+                                    int bf16_rule) {
+    (void)be;
+    size_t HW = (size_t)H * W;
+#pragma omp parallel for collapse(2) if ((size_t)B * C * HW > 1 << 16)
+    for (int b = 0; b < B; b++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int ch = 0; ch < C; ch++) {
+                    float v = CF(img)[((size_t)b * C + ch) * HW + (size_t)y * W + x];
+                    if (bf16_rule) v = bf16_round(bf16_round(v) * 0.5f + 0.5f); /* two bf16 tensor ops */
+                    else v = v * 0.5f + 0.5f;                                     /* x * 0.5 exact      */
+                    v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;                     /* clamp(0, 1); NaN stays */
+                    float s = rintf(v * 255.0f);                                   /* np.round: half to even */
+                    out[(((size_t)b * H + y) * W + x) * C + ch] = s >= 0.0f && s <= 255.0f ? (uint8_t)s : 0;
+                }
+    return ZI_OK;
+}
+
+static zi_status cpu_image_to_float_hwc(ZiBackend *be, float *out, const void *img, int B, int C, int H, int W) {
+    (void)be;
+    size_t HW = (size_t)H * W;
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    float v = CF(img)[((size_t)b * C + c) * HW + (size_t)y * W + x] * 0.5f + 0.5f;
+                    out[(((size_t)b * H + y) * W + x) * C + c] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+                }
+    return ZI_OK;
+}
+
 const ZiOps zi_ops_cpu = {
     .alloc = cpu_alloc,
     .free = cpu_free,
@@ -392,4 +495,14 @@ const ZiOps zi_ops_cpu = {
     .unpatchify = cpu_unpatchify,
     .conv2d = cpu_conv2d,
     .upsample2x = cpu_upsample2x,
+    .download_bytes = cpu_download_bytes,
+    .to_act = cpu_to_act,
+    .to_f32 = cpu_to_f32,
+    .cfg_combine = cpu_cfg_combine,
+    .sumsq_f32 = cpu_sumsq_f32,
+    .scale_f32 = cpu_scale_f32,
+    .euler_step = cpu_euler_step,
+    .latents_to_vae = cpu_latents_to_vae,
+    .image_to_uint8 = cpu_image_to_uint8,
+    .image_to_float_hwc = cpu_image_to_float_hwc,
 };

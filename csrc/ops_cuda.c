@@ -50,7 +50,7 @@ typedef struct ZiCuda {
     void *workspace;                 /* LT_WORKSPACE bytes                               */
     LtPlan plans[LT_CACHE];
     int nplans, evict;
-    Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm, copy   */
+    Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm + sumsq, copy */
     Scratch attn;                    /* HD > 128 attention: fp32 scores + bf16 P chunk   */
     size_t attn_bytes;               /* cap of attn (ZIMAGE_ATTN_SCRATCH_MB)             */
     void *pinned[2];                 /* host staging, STAGE_BYTES each (NULL until used) */
@@ -741,6 +741,105 @@ fail:
     return st;
 }
 
+// ----------------------------------------------------------------------------------------------
+// the sampler's f32 latents and the image output
+
+static zi_status cuda_download_bytes(ZiBackend *be, void *dst, const void *src, size_t bytes) {
+    OP_BEGIN(be);
+    if (bytes == 0) return ZI_OK;
+    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
+    CU_TRY(cudaStreamSynchronize(cu->stream)); /* dst is pageable: wait until it holds the data */
+    return ZI_OK;
+fail:
+    return st;
+}
+
+static zi_status cuda_to_act(ZiBackend *be, void *out, const float *in, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_to_bf16_cuda(out, in, 0, n, cu->stream));
+    return op_end(cu, "to_act");
+fail:
+    return st;
+}
+
+static zi_status cuda_to_f32(ZiBackend *be, float *out, const void *in, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_bf16_to_f32_cuda(out, in, n, cu->stream));
+    return op_end(cu, "to_f32");
+fail:
+    return st;
+}
+
+static zi_status cuda_cfg_combine(ZiBackend *be, float *pred, const float *pos, const float *neg, float g, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_cfg_combine_cuda(pred, pos, neg, g, n, cu->stream));
+    return op_end(cu, "cfg_combine");
+fail:
+    return st;
+}
+
+/* two small kernels into the stats scratch, then 8 bytes back: one synchronisation per call */
+static zi_status cuda_sumsq_f32(ZiBackend *be, double *sum, const float *x, size_t n) {
+    OP_BEGIN(be);
+    *sum = 0.0;
+    if (n == 0) return ZI_OK;
+    pthread_mutex_lock(&cu->lock);
+    st = scratch_reserve(cu, &cu->stats, sizeof(double) * (ZI_SUMSQ_BLOCKS + 1));
+    if (st == ZI_OK) {
+        double *partials = cu->stats.p, *dsum = partials + ZI_SUMSQ_BLOCKS;
+        cudaError_t e = zi_sumsq_f32_cuda(dsum, partials, x, n, cu->stream);
+        if (e == cudaSuccess) e = cudaMemcpyAsync(sum, dsum, sizeof(double), cudaMemcpyDeviceToHost, cu->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(cu->stream);
+        if (e != cudaSuccess) st = cuda_fail("sumsq_f32 (reduce, copy, synchronize)", __FILE__, __LINE__, e);
+    }
+    pthread_mutex_unlock(&cu->lock);
+    return st;
+fail:
+    return st;
+}
+
+static zi_status cuda_scale_f32(ZiBackend *be, float *out, const float *in, float s, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_scale_f32_cuda(out, in, s, n, cu->stream));
+    return op_end(cu, "scale_f32");
+fail:
+    return st;
+}
+
+static zi_status cuda_euler_step(ZiBackend *be, float *x, const float *pred, float dt, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_euler_step_cuda(x, pred, dt, n, cu->stream));
+    return op_end(cu, "euler_step");
+fail:
+    return st;
+}
+
+static zi_status cuda_latents_to_vae(ZiBackend *be, void *out, const float *lat, float scaling_factor,
+                                     float shift_factor, size_t n) {
+    OP_BEGIN(be);
+    CU_TRY(zi_latents_to_vae_cuda(out, lat, scaling_factor, shift_factor, n, cu->stream));
+    return op_end(cu, "latents_to_vae");
+fail:
+    return st;
+}
+
+static zi_status cuda_image_to_uint8(ZiBackend *be, uint8_t *out, const void *img, int B, int C, int H, int W,
+                                     int bf16_rule) {
+    OP_BEGIN(be);
+    CU_TRY(zi_image_to_uint8_cuda(out, img, B, C, H, W, bf16_rule, cu->stream));
+    return op_end(cu, "image_to_uint8");
+fail:
+    return st;
+}
+
+static zi_status cuda_image_to_float_hwc(ZiBackend *be, float *out, const void *img, int B, int C, int H, int W) {
+    OP_BEGIN(be);
+    CU_TRY(zi_image_to_float_hwc_cuda(out, img, B, C, H, W, cu->stream));
+    return op_end(cu, "image_to_float_hwc");
+fail:
+    return st;
+}
+
 static const ZiOps zi_ops_cuda = {
     .alloc = cuda_alloc,
     .free = cuda_free,
@@ -771,6 +870,16 @@ static const ZiOps zi_ops_cuda = {
     .unpatchify = cuda_unpatchify,
     .conv2d = cuda_conv2d,
     .upsample2x = cuda_upsample2x,
+    .download_bytes = cuda_download_bytes,
+    .to_act = cuda_to_act,
+    .to_f32 = cuda_to_f32,
+    .cfg_combine = cuda_cfg_combine,
+    .sumsq_f32 = cuda_sumsq_f32,
+    .scale_f32 = cuda_scale_f32,
+    .euler_step = cuda_euler_step,
+    .latents_to_vae = cuda_latents_to_vae,
+    .image_to_uint8 = cuda_image_to_uint8,
+    .image_to_float_hwc = cuda_image_to_float_hwc,
 };
 
 /* free and total bytes on a GPU (device-wide, every process and context included) */

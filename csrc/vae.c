@@ -5,7 +5,7 @@
  *   -> NB up blocks (layers_per_block + 1 ResNets, then nearest-2x + 3x3 conv except the last)
  *   -> GroupNorm + SiLU -> conv_out
  * Every GroupNorm has G groups and eps 1e-6 (hard-coded in diffusers). Also the uint8
- * postprocessing of VaeImageProcessor, as plain host C.
+ * postprocessing of VaeImageProcessor on host arrays (the CPU backend's image_to_uint8).
  *
  * Dimension letters: L latent channels, C0 widest channels (block_out_channels[-1]), ci/co a
  * ResNet's channels in/out, H, W the current resolution, HW = H*W, N = tokens of the attention.
@@ -312,17 +312,18 @@ fail:
     return st;
 }
 
-/* Decoder.forward on the sample in m->t.z [L, h, w] -> m->t.y [Co, f*h, f*w] */
-static zi_status vae_decode_one(VaeModel *m, int h, int w) {
+/* Decoder.forward on one sample z [L, h, w] -> out [Co, f*h, f*w] (activation type, backend);
+   out may be m->t.y and z may be m->t.z */
+static zi_status vae_decode_one(VaeModel *m, void *out, const void *z, int h, int w) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     const VaeConfig *c = &m->cfg;
     const VaeWeights *wt = &m->w;
     int L = c->latent_channels, C0 = vae_block_out(c, 0), nr = c->layers_per_block + 1, H = h, W = w;
-    const void *src = m->t.z;
+    const void *src = z;
     if (wt->pq_w) {
-        ZI_TRY(op->conv2d(be, m->t.zq, m->t.z, wt->pq_w, wt->pq_b, 1, L, H, W, L, 1, 0));    /* zq [L, h, w]   */
+        ZI_TRY(op->conv2d(be, m->t.zq, z, wt->pq_w, wt->pq_b, 1, L, H, W, L, 1, 0));         /* zq [L, h, w]   */
         src = m->t.zq;
     }
     ZI_TRY(op->conv2d(be, m->t.x, src, wt->conv_in_w, wt->conv_in_b, 1, L, H, W, C0, 3, 1)); /* x [C0, h, w]  */
@@ -348,28 +349,60 @@ static zi_status vae_decode_one(VaeModel *m, int h, int w) {
     int Cl = c->block_out_channels[0];
     ZI_TRY(op->groupnorm(be, m->t.h, m->t.x, wt->norm_out_w, wt->norm_out_b, 1, Cl, H * W, c->norm_num_groups,
                          VAE_EPS, 1));                                                    /* h [Cl, H, W] silu */
-    ZI_TRY(op->conv2d(be, m->t.y, m->t.h, wt->conv_out_w, wt->conv_out_b, 1, Cl, H, W, c->out_channels, 3, 1)); /* y [Co, H, W] */
+    ZI_TRY(op->conv2d(be, out, m->t.h, wt->conv_out_w, wt->conv_out_b, 1, Cl, H, W, c->out_channels, 3, 1)); /* out [Co, H, W] */
 fail:
     return st;
 }
 
 static zi_status vae_load_weights(VaeModel *m, int device);
 
-zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int w) {
+zi_status vae_backend(VaeModel *m, ZiBackend **be) {
     zi_status st = ZI_OK;
+    *be = NULL;
     if (!m->be) ZI_TRY(vae_load_weights(m, -1)); /* deferred at load: the CPU, now */
-    const VaeConfig *c = &m->cfg;
+    *be = m->be;
+fail:
+    return st;
+}
+
+/* check a batch of B latents of h x w and size the activations for it */
+static zi_status vae_prepare(VaeModel *m, int B, int h, int w) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = NULL;
+    ZI_TRY(vae_backend(m, &be));
     int f = vae_up_factor(m);
     if (B <= 0 || h <= 0 || w <= 0) return zi_fail(ZI_ERR_ARG, "latent batch %d of %dx%d is empty", B, h, w);
     if ((int64_t)h * f > INT_MAX / ((int64_t)w * f))
         return zi_fail(ZI_ERR_ARG, "latent of %dx%d decodes to a %lldx%lld image, too large", h, w,
                        (long long)h * f, (long long)w * f);
     ZI_TRY(vae_ensure_acts(m, h, w));
+fail:
+    return st;
+}
+
+zi_status vae_decode_dev(VaeModel *m, void *out, const void *z, int B, int h, int w) {
+    zi_status st = ZI_OK;
+    ZI_TRY(vae_prepare(m, B, h, w));
+    const VaeConfig *c = &m->cfg;
+    int f = vae_up_factor(m);
+    size_t nz = (size_t)c->latent_channels * h * w;
+    size_t nimg = (size_t)c->out_channels * (size_t)(h * f) * (size_t)(w * f);
+    for (int b = 0; b < B; b++)
+        ZI_TRY(vae_decode_one(m, zi_act(m->be, out, b * nimg), zi_act(m->be, z, b * nz), h, w)); /* [Co, fh, fw] */
+fail:
+    return st;
+}
+
+zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int w) {
+    zi_status st = ZI_OK;
+    ZI_TRY(vae_prepare(m, B, h, w));
+    const VaeConfig *c = &m->cfg;
+    int f = vae_up_factor(m);
     size_t nz = (size_t)c->latent_channels * h * w;
     size_t nimg = (size_t)c->out_channels * (size_t)(h * f) * (size_t)(w * f);
     for (int b = 0; b < B; b++) {
         ZI_TRY(m->be->ops->upload(m->be, m->t.z, z + b * nz, nz));                    /* z [L, h, w]    */
-        ZI_TRY(vae_decode_one(m, h, w));                                              /* y [Co, fh, fw] */
+        ZI_TRY(vae_decode_one(m, m->t.y, m->t.z, h, w));                              /* y [Co, fh, fw] */
         ZI_TRY(m->be->ops->download(m->be, out + b * nimg, m->t.y, nimg));
     }
 fail:
@@ -379,22 +412,10 @@ fail:
 /* ---------------------------------------------------------------------------------------- */
 /* postprocess: VaeImageProcessor.denormalize, pt_to_numpy, numpy_to_pil */
 
-static inline float vae_bf16_round(float x) { return zi_bf16_to_f32(zi_f32_to_bf16(x)); }
-
 void vae_postprocess_uint8(uint8_t *out, const float *img, int B, int C, int H, int W, int bf16) {
-    size_t HW = (size_t)H * W;
-#pragma omp parallel for collapse(2) if ((size_t)B * C * HW > 1 << 16)
-    for (int b = 0; b < B; b++)
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++)
-                for (int ch = 0; ch < C; ch++) {
-                    float v = img[((size_t)b * C + ch) * HW + (size_t)y * W + x];
-                    if (bf16) v = vae_bf16_round(vae_bf16_round(v) * 0.5f + 0.5f); /* two bf16 tensor ops */
-                    else v = v * 0.5f + 0.5f;                                     /* x * 0.5 exact      */
-                    v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;                     /* clamp(0, 1); NaN stays */
-                    float s = rintf(v * 255.0f);                                   /* np.round: half to even */
-                    out[(((size_t)b * H + y) * W + x) * C + ch] = s >= 0.0f && s <= 255.0f ? (uint8_t)s : 0;
-                }
+    ZiBackend *cpu = NULL;
+    zi_backend_get(-1, &cpu); /* the CPU backend is static: this cannot fail */
+    cpu->ops->image_to_uint8(cpu, out, img, B, C, H, W, bf16);
 }
 
 /* ---------------------------------------------------------------------------------------- */

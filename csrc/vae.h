@@ -1,7 +1,7 @@
 /*
  * vae.h - the decoder of diffusers' AutoencoderKL (the FLUX.1 / Z-Image VAE: 16 latent
- * channels, 8x upsampling), written once over the ops table, plus the host-side conversion
- * of its output to uint8 RGB that the pipeline's VaeImageProcessor does. One forward runs one
+ * channels, 8x upsampling), written once over the ops table, plus the conversion of its output
+ * to uint8 RGB that the pipeline's VaeImageProcessor does, on host arrays. One forward runs one
  * sample; a batch is decoded sample by sample (diffusers' slicing, same result per sample).
  */
 #ifndef ZI_VAE_H
@@ -73,15 +73,21 @@ int vae_device(const VaeModel *m);
 int vae_up_factor(const VaeModel *m);
 void vae_free(VaeModel *m);
 
-/* Decoder.forward (after the optional post_quant_conv) on B samples, one at a time.
-   z[B, L, h, w] f32 (host, already un-scaled by the pipeline); out[B, Co, f*h, f*w] f32 (host),
-   f = vae_up_factor. */
+/* The backend holding the weights; weights deferred at load are loaded now, onto the CPU. */
+zi_status vae_backend(VaeModel *m, ZiBackend **be);
+
+/* Decoder.forward (after the optional post_quant_conv) on B samples, one at a time, on the
+   model's backend: z[B, L, h, w] (activation type, already un-scaled by the pipeline) ->
+   out[B, Co, f*h, f*w] (activation type), f = vae_up_factor. No host transfer. */
+zi_status vae_decode_dev(VaeModel *m, void *out, const void *z, int B, int h, int w);
+
+/* vae_decode_dev on host f32 arrays z[B, L, h, w] -> out[B, Co, f*h, f*w]. */
 zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int w);
 
-/* VaeImageProcessor.postprocess(..., "pil") as uint8: img[B, C, H, W] f32 -> out[B, H, W, C]
-   with v = clamp(x * 0.5 + 0.5, 0, 1), u8 = round_half_even(v * 255). bf16 != 0 reproduces the
-   pipeline's bf16 tensor: x rounded to bf16 and x * 0.5 + 0.5 rounded to bf16 before the clamp.
-   Host C on host data (it runs on the decoder's downloaded output). */
+/* VaeImageProcessor.postprocess(..., "pil") as uint8 on host arrays: img[B, C, H, W] f32 ->
+   out[B, H, W, C] with v = clamp(x * 0.5 + 0.5, 0, 1), u8 = round_half_even(v * 255). bf16 != 0
+   reproduces the pipeline's bf16 tensor: x rounded to bf16 and x * 0.5 + 0.5 rounded to bf16
+   before the clamp. The CPU backend's image_to_uint8 (the pipeline runs that op on its device). */
 void vae_postprocess_uint8(uint8_t *out, const float *img, int B, int C, int H, int W, int bf16);
 
 #endif /* ZI_VAE_H */

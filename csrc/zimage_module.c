@@ -1220,14 +1220,15 @@ typedef struct {
     PyObject *tensor_inputs;        /* names the callback may read and replace      */
     PyObject *bar;                  /* progress bar or None                         */
     PyObject *prompt_embeds;        /* list of arrays (kept alive)                  */
-    int B, C, h, w;
+    int B, C, h, w, Cc;
     float **caps;                   /* may be replaced by the callback              */
     int *cap_lens;
     const ZiSchedule *sched;
 } StepContext;
 
-/* After each step, with the GIL: Ctrl-C check, progress, callback_on_step_end. */
-static zi_status pipeline_step_hook(void *vctx, int step, float timestep, float *latents, size_t n) {
+/* After each step, with the GIL: Ctrl-C check, progress, callback_on_step_end. latents (host,
+   downloaded by the loop) is non-NULL whenever a callback is set. */
+static zi_status pipeline_step_hook(void *vctx, int step, float timestep, float *latents, size_t n, unsigned *changed) {
     StepContext *c = vctx;
     zi_status st = ZI_OK;
     PyGILState_STATE g = PyGILState_Ensure();
@@ -1268,6 +1269,7 @@ static zi_status pipeline_step_hook(void *vctx, int step, float timestep, float 
                     goto cb_fail;
                 }
                 memcpy(latents, PyArray_DATA(a), n * sizeof(float));
+                *changed |= ZI_HOOK_LATENTS;
                 Py_DECREF(a);
             }
             PyObject *pe = PyDict_GetItemString(r, "prompt_embeds");
@@ -1282,6 +1284,13 @@ static zi_status pipeline_step_hook(void *vctx, int step, float timestep, float 
                     PyArrayObject *a = as_f32(PyList_GET_ITEM(pe, b), 2, "prompt_embeds[i]");
                     if (!a) { Py_DECREF(conv); goto cb_fail; }
                     PyList_SET_ITEM(conv, b, (PyObject *)a);
+                    if (PyArray_DIM(a, 0) < 1 || PyArray_DIM(a, 0) > INT32_MAX || PyArray_DIM(a, 1) != c->Cc) {
+                        PyErr_Format(PyExc_ValueError, "prompt_embeds[%d] returned by callback_on_step_end has shape "
+                                     "(%ld, %ld); (L >= 1, %d) expected", b, (long)PyArray_DIM(a, 0),
+                                     (long)PyArray_DIM(a, 1), c->Cc);
+                        Py_DECREF(conv);
+                        goto cb_fail;
+                    }
                 }
                 for (int b = 0; b < c->B; b++) {
                     PyArrayObject *a = (PyArrayObject *)PyList_GET_ITEM(conv, b);
@@ -1289,6 +1298,7 @@ static zi_status pipeline_step_hook(void *vctx, int step, float timestep, float 
                     c->cap_lens[b] = (int)PyArray_DIM(a, 0);
                 }
                 Py_SETREF(c->prompt_embeds, conv);
+                *changed |= ZI_HOOK_CAPTIONS;
             }
         }
         Py_XDECREF(r);
@@ -1435,7 +1445,7 @@ static PyObject *Pipeline_call(PipelineObject *self, PyObject *args, PyObject *k
     PyObject *img_arr = NULL, *tmp = NULL;
     float **caps = NULL, **neg_caps = NULL;
     int *cap_lens = NULL, *neg_lens = NULL;
-    float *imgbuf = NULL;
+    ZiLatents dlat = {0};             /* the latents on the transformer's backend */
     ZiSchedule sched = {0};
     StepContext sc = {0};
     int locked = 0;
@@ -1610,15 +1620,21 @@ static PyObject *Pipeline_call(PipelineObject *self, PyObject *args, PyObject *k
     sc.bar = bar;
     sc.prompt_embeds = pos;
     Py_INCREF(pos);
-    sc.B = B, sc.C = C, sc.h = h, sc.w = w;
+    sc.B = B, sc.C = C, sc.h = h, sc.w = w, sc.Cc = Cc;
     sc.caps = caps;
     sc.cap_lens = cap_lens;
     sc.sched = &sched;
-    ZiDenoiseArgs da = {B, h, w, caps, cap_lens, do_cfg ? neg_caps : NULL, neg_lens, (float)guidance, cfg_norm,
-                        (float)cfg_trunc, &sched, pipeline_step_hook, &sc};
+    ZiDenoiseArgs da = {.caps = caps, .cap_lens = cap_lens, .neg_caps = do_cfg ? neg_caps : NULL, .neg_lens = neg_lens,
+                        .guidance = (float)guidance, .cfg_normalization = cfg_norm, .cfg_truncation = (float)cfg_trunc,
+                        .sched = &sched, .hook = pipeline_step_hook, .hook_ctx = &sc, .hook_latents = sc.callback != NULL};
+    int decode = strcmp(otype, "latent") != 0;
+    if (decode && (st = zi_pipeline_check_devices(tr->model, vae->model)) != ZI_OK) { zi_raise(self->module, st); goto fail; }
     ACQUIRE_LOCK(tr->lock);
     Py_BEGIN_ALLOW_THREADS
-    st = zi_pipeline_denoise(tr->model, PyArray_DATA((PyArrayObject *)lat), &da);
+    ZiBackend *be = NULL;
+    st = dit_backend(tr->model, &be);
+    if (st == ZI_OK) st = zi_latents_create(&dlat, be, PyArray_DATA((PyArrayObject *)lat), B, C, h, w);
+    if (st == ZI_OK) st = zi_pipeline_denoise(tr->model, &dlat, &da);
     Py_END_ALLOW_THREADS
     RELEASE_LOCK(tr->lock);
     {
@@ -1636,32 +1652,27 @@ static PyObject *Pipeline_call(PipelineObject *self, PyObject *args, PyObject *k
         goto fail;
     }
 
-    /* decode and format */
+    /* decode and format: on the device, then one download of the final array */
     PyObject *images;
-    if (strcmp(otype, "latent") == 0) {
+    if (!decode) {
+        Py_BEGIN_ALLOW_THREADS
+        st = zi_latents_download(&dlat, PyArray_DATA((PyArrayObject *)lat));
+        Py_END_ALLOW_THREADS
+        if (st != ZI_OK) { zi_raise(self->module, st); goto fail; }
         images = lat;
         Py_INCREF(images);
     } else {
-        int Hi = h * up, Wi = w * up;
-        imgbuf = malloc((size_t)B * 3 * Hi * Wi * sizeof(float));
-        if (!imgbuf) { PyErr_NoMemory(); goto fail; }
+        int f32 = strcmp(otype, "np") == 0 || strcmp(otype, "pt") == 0;
+        npy_intp dims[4] = {B, h * up, w * up, vae_config(vae->model)->out_channels};
+        img_arr = PyArray_SimpleNew(4, dims, f32 ? NPY_FLOAT32 : NPY_UINT8);
+        if (!img_arr) goto fail;
         ACQUIRE_LOCK(vae->lock);
         Py_BEGIN_ALLOW_THREADS
-        st = zi_pipeline_decode(vae->model, imgbuf, PyArray_DATA((PyArrayObject *)lat), B, h, w);
+        st = zi_pipeline_decode(vae->model, PyArray_DATA((PyArrayObject *)img_arr), f32 ? ZI_IMAGE_F32 : ZI_IMAGE_UINT8,
+                                &dlat);
         Py_END_ALLOW_THREADS
         RELEASE_LOCK(vae->lock);
         if (st != ZI_OK) { zi_raise(self->module, st); goto fail; }
-        if (strcmp(otype, "np") == 0 || strcmp(otype, "pt") == 0) {
-            npy_intp dims[4] = {B, Hi, Wi, 3};
-            img_arr = PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-            if (!img_arr) goto fail;
-            zi_pipeline_to_float_hwc(PyArray_DATA((PyArrayObject *)img_arr), imgbuf, B, 3, Hi, Wi);
-        } else {
-            npy_intp dims[4] = {B, Hi, Wi, 3};
-            img_arr = PyArray_SimpleNew(4, dims, NPY_UINT8);
-            if (!img_arr) goto fail;
-            vae_postprocess_uint8(PyArray_DATA((PyArrayObject *)img_arr), imgbuf, B, 3, Hi, Wi, 0);
-        }
         images = support_call("format_images", Py_BuildValue("(Os)", img_arr, otype), NULL);
         if (!images) goto fail;
     }
@@ -1681,7 +1692,11 @@ fail:
     free(cap_lens);
     free(neg_caps);
     free(neg_lens);
-    free(imgbuf);
+    if (dlat.be) {
+        Py_BEGIN_ALLOW_THREADS
+        zi_latents_free(&dlat); /* a device free may wait for queued work */
+        Py_END_ALLOW_THREADS
+    }
     zi_schedule_free(&sched);
     return result;
 }

@@ -82,6 +82,25 @@ cudaError_t zi_softmax_rows_cuda(void *p, const float *s, int rows, int cols, in
 cudaError_t zi_matmul_fallback_cuda(void *out, const void *in, const void *w, const void *bias, int M, int K, int N,
                                     cudaStream_t stream);
 
+/* ---- the pipeline loop and image output (pipeline.cu); f32 arithmetic as the CPU backend, bit for bit ---- */
+/* pred[n] = pos + g * (pos - neg) (pred may alias pos or neg) */
+cudaError_t zi_cfg_combine_cuda(float *pred, const float *pos, const float *neg, float g, size_t n, cudaStream_t stream);
+/* out[n] = in[n] * s */
+cudaError_t zi_scale_f32_cuda(float *out, const float *in, float s, size_t n, cudaStream_t stream);
+/* x[n] = x + dt * (-pred) */
+cudaError_t zi_euler_step_cuda(float *x, const float *pred, float dt, size_t n, cudaStream_t stream);
+/* out bf16[n] = lat[n] / sf + shift */
+cudaError_t zi_latents_to_vae_cuda(void *out, const float *lat, float sf, float shift, size_t n, cudaStream_t stream);
+/* *out (device double) = sum x[i]^2 in double, deterministic; partials: device double[ZI_SUMSQ_BLOCKS] scratch */
+#define ZI_SUMSQ_BLOCKS 256
+cudaError_t zi_sumsq_f32_cuda(double *out, double *partials, const float *x, size_t n, cudaStream_t stream);
+/* out uint8[B,H,W,C] = round_half_even(clamp(img * 0.5 + 0.5, 0, 1) * 255) of img bf16[B,C,H,W]; bf16_rule rounds
+   img * 0.5 + 0.5 to bf16 before the clamp; NaN gives 0 */
+cudaError_t zi_image_to_uint8_cuda(uint8_t *out, const void *img, int B, int C, int H, int W, int bf16_rule,
+                                   cudaStream_t stream);
+/* out f32[B,H,W,C] = clamp(img[B,C,H,W] * 0.5 + 0.5, 0, 1) */
+cudaError_t zi_image_to_float_hwc_cuda(float *out, const void *img, int B, int C, int H, int W, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,7 +8,10 @@
  *   max|cuda - ref| <= 2 * max|pt - ref| + atol,  atol = 2^-9 * max|ref| (half a bf16 ulp at the top).
  * Device outputs are poisoned with NaN before the op (unwritten elements show up as NaN) and
  * followed by a canary region checked afterwards (out-of-bounds writes). Odd sizes, S = 1,
- * S off the tile, odd D and unaligned pointers are included. One line per case, then
+ * S off the tile, odd D and unaligned pointers are included. The sampler's f32 ops and the image
+ * output ops do the same IEEE f32 operations in the same order on both backends: they must match
+ * the CPU op bit for bit (run on the bf16 values the device holds where an input is of the
+ * activation type; uint8 pixels included). One line per case, then
  * "N passed, M failed"; exit status 1 on any failure, 77 when there is no GPU (skip).
  * Usage: test_ops_cuda [substring]   (only the cases whose name contains it, e.g. "attention")
  *
@@ -24,6 +27,7 @@
  */
 #include "ops.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -537,6 +541,247 @@ static void test_alloc_zero(T *t, size_t n) {
     free(got);
 }
 
+// ----------------------------------------------------------------------------------------------
+// the sampler's f32 ops and the image output: IEEE f32 arithmetic with the same rounding order
+// on both backends, so results must match the CPU op bit for bit (the CPU runs on the bf16
+// values the device holds where an input is of the activation type)
+
+/* f32 device buffer: CPU copy c, device d with CANARY floats after it */
+typedef struct F32 {
+    size_t n;
+    float *c;
+    float *d;
+} F32;
+
+static void f32_init(T *t, F32 *x, size_t n, const float *vals) {
+    x->n = n;
+    x->c = malloc((n + CANARY) * sizeof(float));
+    for (size_t i = 0; i < n + CANARY; i++) x->c[i] = i >= n ? CANARY_VAL : vals ? vals[i] : NAN;
+    if (t->gpu->ops->alloc(t->gpu, (void **)&x->d, (n + CANARY) * sizeof(float)) != ZI_OK ||
+        t->gpu->ops->upload_f32(t->gpu, x->d, x->c, n + CANARY) != ZI_OK) {
+        fprintf(stderr, "device setup failed: %s\n", zi_last_error());
+        exit(2);
+    }
+}
+
+static void f32_rand(T *t, F32 *x, size_t n, float lo, float hi) {
+    float *v = malloc((n + 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) v[i] = urand(t, lo, hi);
+    f32_init(t, x, n, v);
+    free(v);
+}
+
+static void f32_free(T *t, F32 *x) {
+    free(x->c);
+    t->gpu->ops->free(t->gpu, x->d);
+    memset(x, 0, sizeof *x);
+}
+
+static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0 || (isnan(a) && isnan(b)); }
+
+static void report_exact(T *t, const char *name, size_t bad, size_t n, int canary_ok, const char *what) {
+    int ok = bad == 0 && canary_ok;
+    printf("%-44s %s  %zu of %zu elements differ from %s%s\n", name, ok ? "ok  " : "FAIL", bad, n, what,
+           canary_ok ? "" : "  CANARY OVERWRITTEN");
+    if (ok) t->pass++;
+    else t->fail++;
+}
+
+/* the device f32 result must equal the CPU op's c bit for bit */
+static void check_f32_exact(T *t, const char *name, F32 *y) {
+    size_t n = y->n, bad = 0;
+    float *g = malloc((n + CANARY) * sizeof(float));
+    if (t->gpu->ops->download_bytes(t->gpu, g, y->d, (n + CANARY) * sizeof(float)) != ZI_OK) {
+        fail_status(t, name);
+        free(g);
+        return;
+    }
+    int canary_ok = 1;
+    for (size_t i = 0; i < CANARY; i++) canary_ok &= g[n + i] == CANARY_VAL;
+    for (size_t i = 0; i < n; i++) bad += !same_bits(g[i], y->c[i]);
+    report_exact(t, name, bad, n, canary_ok, "the CPU op");
+    free(g);
+}
+
+/* the device activation result must equal bf16(CPU op's c) bit for bit */
+static void check_act_exact(T *t, const char *name, Ten *y) {
+    size_t n = y->n, bad = 0;
+    float *g = malloc((n + CANARY) * sizeof(float));
+    if (t->gpu->ops->download(t->gpu, g, y->d, n + CANARY) != ZI_OK) {
+        fail_status(t, name);
+        free(g);
+        return;
+    }
+    int canary_ok = 1;
+    for (size_t i = 0; i < CANARY; i++) canary_ok &= g[n + i] == bf(CANARY_VAL);
+    for (size_t i = 0; i < n; i++) bad += !same_bits(g[i], bf(y->c[i]));
+    report_exact(t, name, bad, n, canary_ok, "bf16(CPU op)");
+    free(g);
+}
+
+static void test_to_act(T *t, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "to_act n=%zu", n);
+    if (skip(name)) return;
+    F32 x;
+    Ten y;
+    f32_rand(t, &x, n, -300, 300);
+    ten_out(t, &y, n, 0);
+    t->cpu->ops->to_act(t->cpu, y.c, x.c, n);
+    GPU_OK(t, name, t->gpu->ops->to_act(t->gpu, y.d, x.d, n));
+    check_act_exact(t, name, &y);
+done:
+    f32_free(t, &x);
+    ten_free(t, &y);
+}
+
+static void test_to_f32(T *t, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "to_f32 n=%zu", n);
+    if (skip(name)) return;
+    Ten x;
+    F32 y;
+    ten_rand(t, &x, n, -300, 300, 0);
+    f32_init(t, &y, n, NULL);
+    t->cpu->ops->to_f32(t->cpu, y.c, x.r, n);          /* the device holds bf16(x) */
+    GPU_OK(t, name, t->gpu->ops->to_f32(t->gpu, y.d, x.d, n));
+    check_f32_exact(t, name, &y);
+done:
+    ten_free(t, &x);
+    f32_free(t, &y);
+}
+
+enum { F32_CFG, F32_CFG_ALIAS, F32_SCALE, F32_EULER };
+static const char *f32_names[] = {"cfg_combine", "cfg_combine (pred = neg)", "scale_f32", "euler_step"};
+
+static zi_status f32_run(ZiBackend *be, int op, float *y, float *a, float *b, size_t n) {
+    switch (op) {
+    case F32_CFG: return be->ops->cfg_combine(be, y, a, b, 3.7f, n);
+    case F32_CFG_ALIAS: return be->ops->cfg_combine(be, b, a, b, 0.8f, n);
+    case F32_SCALE: return be->ops->scale_f32(be, y, a, 0.8237f, n);
+    default: return be->ops->euler_step(be, a, b, -0.1427f, n);
+    }
+}
+
+/* y (or, in place, the op's target) against the CPU op on identical f32 inputs */
+static void test_f32_map(T *t, int op, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "%s n=%zu", f32_names[op], n);
+    if (skip(name)) return;
+    F32 a, b, y;
+    f32_rand(t, &a, n, -4, 4);
+    f32_rand(t, &b, n, -4, 4);
+    f32_init(t, &y, n, NULL);
+    f32_run(t->cpu, op, y.c, a.c, b.c, n);
+    GPU_OK(t, name, f32_run(t->gpu, op, y.d, a.d, b.d, n));
+    check_f32_exact(t, name, op == F32_CFG_ALIAS ? &b : op == F32_EULER ? &a : &y);
+done:
+    f32_free(t, &a);
+    f32_free(t, &b);
+    f32_free(t, &y);
+}
+
+/* double sums in another order: any order of n non-negative terms is within (n - 1) * eps of the
+   exact sum, so |cuda - cpu| <= 2 n eps relative; two device runs give the same bits */
+static void test_sumsq(T *t, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "sumsq_f32 n=%zu", n);
+    if (skip(name)) return;
+    F32 x;
+    double ref = 0, g1 = -1, g2 = -2;
+    f32_rand(t, &x, n, -3, 3);
+    t->cpu->ops->sumsq_f32(t->cpu, &ref, x.c, n);
+    GPU_OK(t, name, t->gpu->ops->sumsq_f32(t->gpu, &g1, x.d, n));
+    GPU_OK(t, name, t->gpu->ops->sumsq_f32(t->gpu, &g2, x.d, n));
+    double rel = fabs(g1 - ref) / (ref > 0 ? ref : 1);
+    int ok = rel <= 2.0 * (double)n * DBL_EPSILON && memcmp(&g1, &g2, sizeof g1) == 0;
+    printf("%-44s %s  cuda %.17g cpu %.17g (rel %.2g)%s\n", name, ok ? "ok  " : "FAIL", g1, ref, rel,
+           memcmp(&g1, &g2, sizeof g1) ? "  NOT DETERMINISTIC" : "");
+    if (ok) t->pass++;
+    else t->fail++;
+done:
+    f32_free(t, &x);
+}
+
+static void test_latents_to_vae(T *t, size_t n) {
+    char name[96];
+    snprintf(name, sizeof name, "latents_to_vae n=%zu", n);
+    if (skip(name)) return;
+    F32 x;
+    Ten y;
+    f32_rand(t, &x, n, -4, 4);
+    ten_out(t, &y, n, 0);
+    t->cpu->ops->latents_to_vae(t->cpu, y.c, x.c, 0.3611f, 0.1159f, n);
+    GPU_OK(t, name, t->gpu->ops->latents_to_vae(t->gpu, y.d, x.d, 0.3611f, 0.1159f, n));
+    check_act_exact(t, name, &y);
+done:
+    f32_free(t, &x);
+    ten_free(t, &y);
+}
+
+/* image inputs: uniform in [-1.3, 1.3] with clamp edges, .5 steps and NaN/Inf mixed in; every = 1
+   replaces them with all 65536 bf16 bit patterns in turn (so every value the device can hold) */
+static void image_input(T *t, Ten *x, size_t n, int every) {
+    float *v = malloc(n * sizeof(float));
+    static const float special[] = {-1.0f, 1.0f, 0.0f, -0.0f, 1.0f / 255.0f - 1.0f, 0.5f / 255.0f, NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < n; i++) {
+        if (every) v[i] = zi_bf16_to_f32((uint16_t)(i & 0xffffu));
+        else if (i % 17 == 0) v[i] = special[(i / 17) % (sizeof special / sizeof special[0])];
+        else if (i % 5 == 0) v[i] = 2.0f * ((float)(int)urand(t, 0, 256) + 0.5f) / 255.0f - 1.0f; /* u8 .5 steps */
+        else v[i] = urand(t, -1.3f, 1.3f);
+    }
+    ten_init(t, x, n, 0, v);
+    free(v);
+}
+
+static void test_image_to_uint8(T *t, int B, int C, int H, int W, int bf16_rule, int every) {
+    char name[96];
+    snprintf(name, sizeof name, "image_to_uint8 %dx%dx%dx%d%s%s", B, C, H, W, bf16_rule ? " bf16 rule" : "",
+             every ? " all bf16" : "");
+    if (skip(name)) return;
+    size_t n = (size_t)B * C * H * W, nb = (n + CANARY + 3) & ~(size_t)3, bad = 0;
+    Ten x;
+    uint8_t *ref = malloc(n), *g = malloc(nb), *poison = malloc(nb);
+    uint8_t *d = NULL;
+    image_input(t, &x, n, every);
+    memset(poison, 0xA5, nb);
+    if (t->gpu->ops->alloc(t->gpu, (void **)&d, nb) != ZI_OK ||
+        t->gpu->ops->upload_f32(t->gpu, (float *)d, (const float *)poison, nb / 4) != ZI_OK) { /* raw bytes */
+        fail_status(t, name);
+        goto done;
+    }
+    t->cpu->ops->image_to_uint8(t->cpu, ref, x.r, B, C, H, W, bf16_rule); /* the device holds bf16(x) */
+    GPU_OK(t, name, t->gpu->ops->image_to_uint8(t->gpu, d, x.d, B, C, H, W, bf16_rule));
+    GPU_OK(t, name, t->gpu->ops->download_bytes(t->gpu, g, d, nb));
+    int canary_ok = 1;
+    for (size_t i = n; i < nb; i++) canary_ok &= g[i] == 0xA5;
+    for (size_t i = 0; i < n; i++) bad += g[i] != ref[i];
+    report_exact(t, name, bad, n, canary_ok, "the CPU op on bf16 inputs");
+done:
+    t->gpu->ops->free(t->gpu, d);
+    ten_free(t, &x);
+    free(ref);
+    free(g);
+    free(poison);
+}
+
+static void test_image_to_float_hwc(T *t, int B, int C, int H, int W) {
+    char name[96];
+    snprintf(name, sizeof name, "image_to_float_hwc %dx%dx%dx%d", B, C, H, W);
+    if (skip(name)) return;
+    size_t n = (size_t)B * C * H * W;
+    Ten x;
+    F32 y;
+    image_input(t, &x, n, 0);
+    f32_init(t, &y, n, NULL);
+    t->cpu->ops->image_to_float_hwc(t->cpu, y.c, x.r, B, C, H, W);
+    GPU_OK(t, name, t->gpu->ops->image_to_float_hwc(t->gpu, y.d, x.d, B, C, H, W));
+    check_f32_exact(t, name, &y);
+done:
+    ten_free(t, &x);
+    f32_free(t, &y);
+}
+
 int main(int argc, char **argv) {
     T t = {.rng = 0x9E3779B97F4A7C15ULL};
     g_filter = argc > 1 ? argv[1] : NULL;
@@ -629,6 +874,29 @@ int main(int argc, char **argv) {
     test_conv2d(&t, 1, 4, 5, 5, 6, 3, 0, 1);
     test_conv2d(&t, 2, 64, 64, 64, 64, 3, 1, 1);
     test_upsample(&t, 2, 3, 5, 7);
+
+    test_to_act(&t, 1);
+    test_to_act(&t, 4099);
+    test_to_f32(&t, 1);
+    test_to_f32(&t, 4099);
+    for (int op = F32_CFG; op <= F32_EULER; op++) {
+        test_f32_map(&t, op, 1);
+        test_f32_map(&t, op, 16 * 64 * 64 + 3);
+    }
+    test_sumsq(&t, 1);
+    test_sumsq(&t, 1000);
+    test_sumsq(&t, 16 * 128 * 128);           /* one 1024^2 latent             */
+    test_sumsq(&t, (size_t)3 << 20);          /* more than 256 blocks x 256     */
+    test_latents_to_vae(&t, 1);
+    test_latents_to_vae(&t, 2 * 16 * 12 * 10 + 1);
+    test_image_to_uint8(&t, 1, 3, 1, 1, 0, 0);
+    test_image_to_uint8(&t, 2, 3, 17, 23, 0, 0);
+    test_image_to_uint8(&t, 2, 3, 17, 23, 1, 0);
+    test_image_to_uint8(&t, 1, 3, 128, 171, 0, 1);
+    test_image_to_uint8(&t, 1, 3, 128, 171, 1, 1);
+    test_image_to_uint8(&t, 1, 4, 5, 7, 1, 0);
+    test_image_to_float_hwc(&t, 1, 3, 1, 1);
+    test_image_to_float_hwc(&t, 2, 3, 17, 23);
 
     if (t.gpu->ops->synchronize(t.gpu) != ZI_OK) fail_status(&t, "final synchronize");
     printf("%d passed, %d failed\n", t.pass, t.fail);
