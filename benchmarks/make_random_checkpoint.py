@@ -39,7 +39,7 @@ def randomise(module, std=0.02):
 
 
 def main(out):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     t0 = time.perf_counter()

@@ -74,6 +74,14 @@ typedef struct ZiOps {
     zi_status (*embedding)(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D);
     /* out[N, M] = in[M, N]^T */
     zi_status (*transpose)(ZiBackend *be, void *out, const void *in, int M, int N);
+    /* strided 2-D blocks: dst[b*dst_bs + r*dst_ld + x] = src[b*src_bs + r*src_ld + x] for b < B, r < R, x < X
+       (tiles cut from / pasted into images); dst and src must not overlap */
+    zi_status (*copy2d)(ZiBackend *be, void *dst, const void *src, int B, int R, int X, size_t dst_bs, size_t dst_ld,
+                        size_t src_bs, size_t src_ld);
+    /* linear seam blend of diffusers' blend_v / blend_h, in place on b: for o < O, t < e, x < X
+       b[o*b_ld + t*X + x] = a[o*a_ld + t*X + x] * (1 - t/e) + b[...] * (t/e)   (f32, weights from double)
+       rows of a tile: O = C, X = width; columns: O = C*height, X = 1 */
+    zi_status (*blend_seam)(ZiBackend *be, void *b, const void *a, int O, int e, int X, size_t b_ld, size_t a_ld);
     /* latent in[C,F,H,W] -> tokens out[(F/pF)(H/pH)(W/pW), pF*pH*pW*C], channel fastest (Z-Image order) */
     zi_status (*patchify)(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH, int pW);
     /* inverse of patchify: tokens in[...] -> out[C,F,H,W] */

@@ -290,6 +290,32 @@ static zi_status cpu_transpose(ZiBackend *be, void *out, const void *in, int M, 
     return ZI_OK;
 }
 
+static zi_status cpu_copy2d(ZiBackend *be, void *dst, const void *src, int B, int R, int X, size_t dst_bs,
+                            size_t dst_ld, size_t src_bs, size_t src_ld) {
+    (void)be;
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < R; r++)
+            memcpy(F(dst) + b * dst_bs + r * dst_ld, CF(src) + b * src_bs + r * src_ld, (size_t)X * sizeof(float));
+    return ZI_OK;
+}
+
+/* diffusers: b[..., t, ...] = a[..., -e + t, ...] * (1 - t / e) + b[..., t, ...] * (t / e); the Python float
+   weights become f32 scalars of the f32 tensor ops (a is passed already offset to its last e rows / columns) */
+static zi_status cpu_blend_seam(ZiBackend *be, void *b, const void *a, int O, int e, int X, size_t b_ld, size_t a_ld) {
+    (void)be;
+    for (int o = 0; o < O; o++)
+        for (int t = 0; t < e; t++) {
+            float wb = (float)((double)t / e), wa = (float)(1.0 - (double)t / e);
+            float *bp = F(b) + o * b_ld + (size_t)t * X;
+            const float *ap = CF(a) + o * a_ld + (size_t)t * X;
+            for (int i = 0; i < X; i++) {
+                float pa = ap[i] * wa, pb = bp[i] * wb;
+                bp[i] = pa + pb;
+            }
+        }
+    return ZI_OK;
+}
+
 /* token n = (f*Ht + h)*Wt + w ; feature k = ((pf*pH + ph)*pW + pw)*C + c ; value in[c, f*pF+pf, h*pH+ph, w*pW+pw] */
 static zi_status cpu_patch_common(float *tok, float *img, int C, int Fr, int H, int W, int pF, int pH, int pW,
                                   int to_tokens) {
@@ -491,6 +517,8 @@ const ZiOps zi_ops_cpu = {
     .fill_rows = cpu_fill_rows,
     .embedding = cpu_embedding,
     .transpose = cpu_transpose,
+    .copy2d = cpu_copy2d,
+    .blend_seam = cpu_blend_seam,
     .patchify = cpu_patchify,
     .unpatchify = cpu_unpatchify,
     .conv2d = cpu_conv2d,

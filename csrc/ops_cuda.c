@@ -631,6 +631,27 @@ fail:
     return st;
 }
 
+/* one cudaMemcpy2DAsync per block b (B is a handful of channels) */
+static zi_status cuda_copy2d(ZiBackend *be, void *dst, const void *src, int B, int R, int X, size_t dst_bs,
+                             size_t dst_ld, size_t src_bs, size_t src_ld) {
+    OP_BEGIN(be);
+    if (B <= 0 || R <= 0 || X <= 0) return ZI_OK;
+    for (int b = 0; b < B; b++)
+        CU_TRY(cudaMemcpy2DAsync((char *)dst + b * dst_bs * 2, dst_ld * 2, (const char *)src + b * src_bs * 2, src_ld * 2,
+                                 (size_t)X * 2, (size_t)R, cudaMemcpyDeviceToDevice, cu->stream));
+    return op_end(cu, "copy2d");
+fail:
+    return st;
+}
+
+static zi_status cuda_blend_seam(ZiBackend *be, void *b, const void *a, int O, int e, int X, size_t b_ld, size_t a_ld) {
+    OP_BEGIN(be);
+    CU_TRY(zi_blend_seam_cuda(b, a, O, e, X, b_ld, a_ld, cu->stream));
+    return op_end(cu, "blend_seam");
+fail:
+    return st;
+}
+
 static zi_status cuda_fill_rows(ZiBackend *be, void *dst, const void *row, int M, int D) {
     OP_BEGIN(be);
     CU_TRY(zi_fill_rows_cuda(dst, row, M, D, cu->stream));
@@ -863,6 +884,8 @@ static const ZiOps zi_ops_cuda = {
     .add_gated = cuda_add_gated,
     .rope = cuda_rope,
     .copy = cuda_copy,
+    .copy2d = cuda_copy2d,
+    .blend_seam = cuda_blend_seam,
     .fill_rows = cuda_fill_rows,
     .embedding = cuda_embedding,
     .transpose = cuda_transpose,

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define VAE_EPS 1e-6f
+#define VAE_NACTS 10        /* buffers in VaeModel.t */
 
 struct VaeModel {
     VaeConfig cfg;
@@ -27,16 +28,20 @@ struct VaeModel {
     ZiBackend *be;
     StArchive ar;           /* mmapped checkpoint, kept for .to(device) reloads          */
     void *weights;          /* the one weight allocation                                */
-    /* activations: one allocation sized for the largest stage seen so far (elements)   */
+    VaeTiling tiling;       /* enable_tiling state                                      */
+    /* activations: one allocation sized for the largest stage seen so far               */
     void *acts;
-    size_t cap_big, cap_y, cap_tok, cap_z;
+    size_t cap[VAE_NACTS];      /* elements per buffer below, in this order                  */
     struct {
-        void *x;            /* [cap_big] residual stream: block inputs/outputs           */
-        void *h;            /* [cap_big] GroupNorm outputs, 2x image, shortcut, q        */
-        void *y;            /* [cap_y] conv outputs, attention tokens / output, image    */
-        void *k, *v;        /* [cap_tok] attention keys / values [N, C0]                  */
-        void *z;            /* [cap_z] latent sample [L, h, w]                            */
-        void *zq;           /* [cap_z] post_quant_conv output [L, h, w]                   */
+        void *x;            /* residual stream: block inputs/outputs                      */
+        void *h;            /* GroupNorm outputs, 2x image, shortcut, q                   */
+        void *y;            /* conv outputs, attention tokens / output, image (or tile)   */
+        void *k, *v;        /* attention keys / values [N, C0]                            */
+        void *z;            /* latent sample [L, h, w]                                    */
+        void *zq;           /* post_quant_conv output [L, h, w] (of the tile when tiled)  */
+        void *zt;           /* tiled: the latent tile [L, th, tw]                         */
+        void *sv;           /* tiled: bottom blend rows of a row of tiles [NT][Co, e, TW]  */
+        void *sh;           /* tiled: right blend columns of the last tile [Co, TH, e]     */
     } t;
 };
 
@@ -223,9 +228,36 @@ void vae_weights_arrays_free(VaeWeights *w) {
 /* ---------------------------------------------------------------------------------------- */
 /* activations: one allocation, carved by byte offsets */
 
-static zi_status vae_ensure_acts(VaeModel *m, int h, int w) {
+static int imin(int a, int b) { return a < b ? a : b; }
+
+/* tiled_decode's steps: latent stride between tile origins, pixels blended at a seam, pixels kept */
+static void vae_tile_steps(const VaeTiling *t, int *stride, int *blend, int *keep) {
+    *stride = (int)(t->tile_latent * (1 - t->overlap));
+    *blend = (int)(t->tile_sample * t->overlap);
+    *keep = t->tile_sample - *blend;
+}
+
+int vae_tiles(const VaeModel *m, int h, int w) {
+    return m->tiling.enabled && (w > m->tiling.tile_latent || h > m->tiling.tile_latent);
+}
+
+/* elements of each buffer of VaeModel.t (in order) for decoding an h x w latent */
+static void vae_acts_plan(const VaeModel *m, int h, int w, size_t n[VAE_NACTS]) {
     const VaeConfig *c = &m->cfg;
-    size_t big = 0, y = 0, HW0 = (size_t)h * w;
+    size_t f = (size_t)1 << (c->n_blocks - 1), Co = (size_t)c->out_channels, L = (size_t)c->latent_channels;
+    size_t big = 0, y = 0, sv = 0, sh = 0, zt = 0;
+    int dh = h, dw = w; /* what one decoder pass sees: the whole latent or one tile */
+    if (vae_tiles(m, h, w)) {
+        int s, e, keep, Tl = m->tiling.tile_latent;
+        vae_tile_steps(&m->tiling, &s, &e, &keep);
+        dh = imin(Tl, h), dw = imin(Tl, w);
+        size_t sumw = 0; /* pixel widths of one row of tiles */
+        for (int j = 0; j < w; j += s) sumw += (size_t)imin(Tl, w - j) * f;
+        sv = Co * (size_t)e * sumw;
+        sh = Co * (size_t)dh * f * (size_t)e;
+        zt = L * (size_t)dh * dw;
+    }
+    size_t HW0 = (size_t)dh * dw;
     for (int i = 0; i < c->n_blocks; i++) {
         size_t HW = HW0 << (2 * i);
         size_t ci = (size_t)vae_block_in(c, i), co = (size_t)vae_block_out(c, i);
@@ -236,36 +268,48 @@ static zi_status vae_ensure_acts(VaeModel *m, int h, int w) {
     size_t C0 = (size_t)vae_block_out(c, 0);
     size_t tok = c->mid_attention ? C0 * HW0 : 0;
     if (tok > y) y = tok;
-    size_t img = (size_t)c->out_channels * (HW0 << (2 * (c->n_blocks - 1)));
+    size_t img = Co * (HW0 << (2 * (c->n_blocks - 1)));
     if (img > y) y = img;
-    size_t zz = (size_t)c->latent_channels * HW0;
-    if (m->acts && big <= m->cap_big && y <= m->cap_y && tok <= m->cap_tok && zz <= m->cap_z) return ZI_OK;
+    size_t plan[VAE_NACTS] = {big, big, y, tok, tok, L * (size_t)h * w, L * HW0, zt, sv, sh};
+    memcpy(n, plan, sizeof plan);
+}
+
+static size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+size_t vae_acts_bytes(const VaeModel *m, int h, int w, size_t act_size) {
+    size_t n[VAE_NACTS], total = 0;
+    vae_acts_plan(m, h, w, n);
+    for (int i = 0; i < VAE_NACTS; i++) total += align256(n[i] * act_size);
+    return total;
+}
+
+static zi_status vae_ensure_acts(VaeModel *m, int h, int w) {
+    size_t n[VAE_NACTS];
+    int fits = m->acts != NULL;
+    vae_acts_plan(m, h, w, n);
+    for (int i = 0; i < VAE_NACTS; i++) {
+        fits &= n[i] <= m->cap[i];
+        if (n[i] < m->cap[i]) n[i] = m->cap[i]; /* never shrink */
+    }
+    if (fits) return ZI_OK;
 
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
-    if (big < m->cap_big) big = m->cap_big;
-    if (y < m->cap_y) y = m->cap_y;
-    if (tok < m->cap_tok) tok = m->cap_tok;
-    if (zz < m->cap_z) zz = m->cap_z;
-    size_t e = be->act_size;
-    struct { void **slot; size_t bytes; } spec[] = {
-        {&m->t.x, big * e}, {&m->t.h, big * e}, {&m->t.y, y * e},   {&m->t.k, tok * e},
-        {&m->t.v, tok * e}, {&m->t.z, zz * e},  {&m->t.zq, zz * e},
-    };
-    size_t total = 0, n = sizeof spec / sizeof spec[0];
-    for (size_t i = 0; i < n; i++) total += (spec[i].bytes + 255) & ~(size_t)255;
+    void **slot[VAE_NACTS] = {&m->t.x, &m->t.h, &m->t.y, &m->t.k, &m->t.v, &m->t.z, &m->t.zq, &m->t.zt, &m->t.sv, &m->t.sh};
+    size_t total = 0, e = be->act_size;
+    for (int i = 0; i < VAE_NACTS; i++) total += align256(n[i] * e);
     be->ops->free(be, m->acts);
     m->acts = NULL;
     ZI_TRY(be->ops->alloc(be, &m->acts, total));
     size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        *spec[i].slot = spec[i].bytes ? (char *)m->acts + off : NULL;
-        off += (spec[i].bytes + 255) & ~(size_t)255;
+    for (int i = 0; i < VAE_NACTS; i++) {
+        *slot[i] = n[i] ? (char *)m->acts + off : NULL;
+        off += align256(n[i] * e);
+        m->cap[i] = n[i];
     }
-    m->cap_big = big, m->cap_y = y, m->cap_tok = tok, m->cap_z = zz;
     return ZI_OK;
 fail:
-    m->cap_big = m->cap_y = m->cap_tok = m->cap_z = 0;
+    memset(m->cap, 0, sizeof m->cap);
     return st;
 }
 
@@ -380,6 +424,59 @@ fail:
     return st;
 }
 
+/* AutoencoderKL.tiled_decode on one sample z[L, h, w] (zs = its row stride, w) -> out[Co, f*h, f*w].
+   Tiles of up to Tl x Tl latents start every s latents (row-major); tile (i, j) is decoded into y
+   [Co, TH, TW], blended in place with the already-blended tile above (its last e rows, kept in sv)
+   and the one to the left (its last e columns, kept in sh), and its top-left keep x keep pixels go to
+   out at (f*i, f*j) (keep = f*s, checked by vae_set_tiling, so the crops tile the image exactly). */
+static zi_status vae_decode_tiled(VaeModel *m, void *out, const void *z, int h, int w) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const VaeConfig *c = &m->cfg;
+    int f = vae_up_factor(m), L = c->latent_channels, Co = c->out_channels, Tl = m->tiling.tile_latent, s, e, keep;
+    size_t H = (size_t)h * f, W = (size_t)w * f;
+    vae_tile_steps(&m->tiling, &s, &e, &keep);
+    for (int i = 0; i < h; i += s) {
+        int th = imin(Tl, h - i), TH = th * f, THa = imin(Tl, h - (i - s)) * f; /* this tile's / the above's height */
+        size_t sv_off = 0;                                                       /* column j's blend rows in sv   */
+        for (int j = 0; j < w; j += s) {
+            int tw = imin(Tl, w - j), TW = tw * f, TWl = imin(Tl, w - (j - s)) * f;
+            size_t plane = (size_t)TH * TW;
+            ZI_TRY(op->copy2d(be, m->t.zt, zi_act(be, z, (size_t)i * w + j), L, th, tw, (size_t)th * tw, tw,
+                              (size_t)h * w, w));                                /* zt [L, th, tw] = z[:, i:, j:] */
+            ZI_TRY(vae_decode_one(m, m->t.y, m->t.zt, th, tw));                  /* y [Co, TH, TW]               */
+            if (i > 0) {                                                         /* blend_v with the tile above  */
+                int ea = imin(e, THa), ev = imin(ea, TH);                        /* its rows kept / blended      */
+                if (ev > 0)
+                    ZI_TRY(op->blend_seam(be, m->t.y, zi_act(be, m->t.sv, sv_off + (size_t)(ea - ev) * TW), Co, ev, TW,
+                                          plane, (size_t)ea * TW));
+            }
+            if (j > 0) {                                                         /* blend_h with the tile left   */
+                int el = imin(e, TWl), eh = imin(el, TW);
+                if (eh > 0)
+                    ZI_TRY(op->blend_seam(be, m->t.y, zi_act(be, m->t.sh, (size_t)(el - eh)), Co * TH, eh, 1, TW, el));
+            }
+            int eb = imin(e, TH), er = imin(e, TW);
+            if (i + s < h && eb > 0)                                             /* sv[j] [Co, eb, TW] = y[:, -eb:, :] */
+                ZI_TRY(op->copy2d(be, zi_act(be, m->t.sv, sv_off), zi_act(be, m->t.y, (size_t)(TH - eb) * TW), Co, eb, TW,
+                                  (size_t)eb * TW, TW, plane, TW));
+            if (j + s < w && er > 0)                                             /* sh [Co*TH, er] = y[:, :, -er:]    */
+                ZI_TRY(op->copy2d(be, m->t.sh, zi_act(be, m->t.y, (size_t)(TW - er)), 1, Co * TH, er, 0, er, 0, TW));
+            ZI_TRY(op->copy2d(be, zi_act(be, out, (size_t)i * f * W + (size_t)j * f), m->t.y, Co, imin(keep, TH),
+                              imin(keep, TW), H * W, W, plane, TW));             /* out[:, fi:, fj:] = y[:, :keep, :keep] */
+            sv_off += (size_t)Co * e * TW;
+        }
+    }
+fail:
+    return st;
+}
+
+/* one sample, tiled or not */
+static zi_status vae_decode_sample(VaeModel *m, void *out, const void *z, int h, int w) {
+    return vae_tiles(m, h, w) ? vae_decode_tiled(m, out, z, h, w) : vae_decode_one(m, out, z, h, w);
+}
+
 zi_status vae_decode_dev(VaeModel *m, void *out, const void *z, int B, int h, int w) {
     zi_status st = ZI_OK;
     ZI_TRY(vae_prepare(m, B, h, w));
@@ -388,26 +485,56 @@ zi_status vae_decode_dev(VaeModel *m, void *out, const void *z, int B, int h, in
     size_t nz = (size_t)c->latent_channels * h * w;
     size_t nimg = (size_t)c->out_channels * (size_t)(h * f) * (size_t)(w * f);
     for (int b = 0; b < B; b++)
-        ZI_TRY(vae_decode_one(m, zi_act(m->be, out, b * nimg), zi_act(m->be, z, b * nz), h, w)); /* [Co, fh, fw] */
+        ZI_TRY(vae_decode_sample(m, zi_act(m->be, out, b * nimg), zi_act(m->be, z, b * nz), h, w)); /* [Co, fh, fw] */
 fail:
     return st;
 }
 
 zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int w) {
     zi_status st = ZI_OK;
+    void *img = NULL; /* tiled: the whole image [Co, fh, fw] on the backend (y holds one tile) */
     ZI_TRY(vae_prepare(m, B, h, w));
     const VaeConfig *c = &m->cfg;
     int f = vae_up_factor(m);
     size_t nz = (size_t)c->latent_channels * h * w;
     size_t nimg = (size_t)c->out_channels * (size_t)(h * f) * (size_t)(w * f);
+    if (vae_tiles(m, h, w)) ZI_TRY(m->be->ops->alloc(m->be, &img, nimg * m->be->act_size));
     for (int b = 0; b < B; b++) {
+        void *y = img ? img : m->t.y;
         ZI_TRY(m->be->ops->upload(m->be, m->t.z, z + b * nz, nz));                    /* z [L, h, w]    */
-        ZI_TRY(vae_decode_one(m, m->t.y, m->t.z, h, w));                              /* y [Co, fh, fw] */
-        ZI_TRY(m->be->ops->download(m->be, out + b * nimg, m->t.y, nimg));
+        ZI_TRY(vae_decode_sample(m, y, m->t.z, h, w));                                /* y [Co, fh, fw] */
+        ZI_TRY(m->be->ops->download(m->be, out + b * nimg, y, nimg));
     }
 fail:
+    if (img) m->be->ops->free(m->be, img);
     return st;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* tiling state */
+
+zi_status vae_set_tiling(VaeModel *m, const VaeTiling *t) {
+    VaeTiling n = m->tiling;
+    int f = vae_up_factor(m), s, e, keep;
+    n.enabled = t->enabled != 0;
+    if (t->tile_sample > 0 || t->tile_latent > 0) {
+        n.tile_sample = t->tile_sample > 0 ? t->tile_sample : t->tile_latent * f;
+        n.tile_latent = t->tile_latent > 0 ? t->tile_latent : t->tile_sample / f;
+    }
+    if (t->overlap >= 0) n.overlap = t->overlap;
+    if (n.tile_latent < 1 || n.tile_sample < 1 || !(n.overlap < 1))
+        return zi_fail(ZI_ERR_ARG, "tiling needs tile sizes >= 1 and an overlap factor in [0, 1) (got %d latents, %d "
+                       "pixels, %g)", n.tile_latent, n.tile_sample, n.overlap);
+    vae_tile_steps(&n, &s, &e, &keep);
+    if (s < 1 || keep != s * f)
+        return zi_fail(ZI_ERR_ARG, "tiles of %d latents / %d pixels with overlap %g: diffusers keeps %d pixels of each "
+                       "tile but steps %d latents (%d pixels), so its output would not be %dx the latent size",
+                       n.tile_latent, n.tile_sample, n.overlap, keep, s, s * f, f);
+    m->tiling = n;
+    return ZI_OK;
+}
+
+VaeTiling vae_get_tiling(const VaeModel *m) { return m->tiling; }
 
 /* ---------------------------------------------------------------------------------------- */
 /* postprocess: VaeImageProcessor.denormalize, pt_to_numpy, numpy_to_pil */
@@ -440,7 +567,7 @@ static zi_status vae_load_weights(VaeModel *m, int device) {
     m->weights = block;
     m->be = be;
     m->acts = NULL;
-    m->cap_big = m->cap_y = m->cap_tok = m->cap_z = 0;
+    memset(m->cap, 0, sizeof m->cap);
     zi_weights_list_free(&wl);
     return ZI_OK;
 fail:
@@ -470,6 +597,8 @@ zi_status vae_load(VaeModel **out, const char *dir, int device) {
     ZI_CALLOC(m, 1, sizeof *m);
     snprintf(path, sizeof path, "%s/config.json", dir);
     ZI_TRY(vae_config_load(&m->cfg, path));
+    m->tiling = (VaeTiling){.enabled = 0, .tile_sample = m->cfg.sample_size, .overlap = 0.25,
+                            .tile_latent = (int)(m->cfg.sample_size / (double)(1 << (m->cfg.n_blocks - 1)))};
     ZI_TRY(st_open_dir(&m->ar, dir, "diffusion_pytorch_model"));
     if (device == ZI_DEVICE_DEFER) ZI_TRY(vae_check_weights(m));
     else ZI_TRY(vae_load_weights(m, device));

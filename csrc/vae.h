@@ -23,7 +23,7 @@ typedef struct VaeConfig {
     int post_quant_conv;                   /* use_post_quant_conv: 1x1 L->L before conv_in   */
     int use_quant_conv;                    /* encoder side, reported only                    */
     int force_upcast;                      /* reported only (ZImagePipeline ignores it)      */
-    int sample_size;                       /* reported only (tiling threshold in diffusers)  */
+    int sample_size;                       /* default tile_sample_min_size of tiled decoding */
     double scaling_factor;                 /* for the pipeline: z = latents / sf + shift     */
     double shift_factor;
     int has_shift_factor;                  /* 0 when shift_factor is null / absent            */
@@ -76,9 +76,34 @@ void vae_free(VaeModel *m);
 /* The backend holding the weights; weights deferred at load are loaded now, onto the CPU. */
 zi_status vae_backend(VaeModel *m, ZiBackend **be);
 
+/* AutoencoderKL tiling (enable_tiling / tiled_decode). Off at load, with diffusers' defaults
+   tile_sample_min_size = sample_size, tile_latent_min_size = int(sample_size / f), overlap 0.25.
+   When on, a latent larger than tile_latent in either dimension is decoded in tiles of
+   tile_latent latents every int(tile_latent * (1 - overlap)), blended linearly over
+   int(tile_sample * overlap) pixels and cropped, and the activations are sized for one tile. */
+typedef struct VaeTiling {
+    int enabled;                           /* use_tiling                                     */
+    int tile_sample;                       /* tile_sample_min_size (pixels)                  */
+    int tile_latent;                       /* tile_latent_min_size (latents)                 */
+    double overlap;                        /* tile_overlap_factor                            */
+} VaeTiling;
+
+/* Set the tiling state: t->tile_sample / tile_latent <= 0 or overlap < 0 keep the current value
+   (a size given alone sets the other to match: tile_sample = f * tile_latent). ZI_ERR_ARG where the
+   tiles would not cover the image exactly as diffusers crops them (int(tile_sample * overlap) pixels
+   blended, tile_sample - blend kept, which must equal f * int(tile_latent * (1 - overlap))). */
+zi_status vae_set_tiling(VaeModel *m, const VaeTiling *t);
+VaeTiling vae_get_tiling(const VaeModel *m);
+/* Whether a latent of h x w is decoded in tiles with the current settings. */
+int vae_tiles(const VaeModel *m, int h, int w);
+/* Bytes of the activation buffer a first decode of an h x w latent allocates, for elements of
+   act_size bytes (4 on the CPU, 2 on CUDA): one tile's worth when tiled. */
+size_t vae_acts_bytes(const VaeModel *m, int h, int w, size_t act_size);
+
 /* Decoder.forward (after the optional post_quant_conv) on B samples, one at a time, on the
    model's backend: z[B, L, h, w] (activation type, already un-scaled by the pipeline) ->
-   out[B, Co, f*h, f*w] (activation type), f = vae_up_factor. No host transfer. */
+   out[B, Co, f*h, f*w] (activation type), f = vae_up_factor. No host transfer. Tiled when
+   vae_tiles(m, h, w). */
 zi_status vae_decode_dev(VaeModel *m, void *out, const void *z, int B, int h, int w);
 
 /* vae_decode_dev on host f32 arrays z[B, L, h, w] -> out[B, Co, f*h, f*w]. */

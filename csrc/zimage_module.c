@@ -985,7 +985,11 @@ static PyMethodDef te_module_functions[] = {
  *         def __init__(self, path: str, device: int = -1): ...
  *         def decode(self, z: f32[B,L,h,w]) -> f32[B,Co,f*h,f*w]     # f = up_factor
  *         def to(self, device: int) -> None
+ *         def enable_tiling(self, tile_sample_min_size=None, tile_latent_min_size=None, tile_overlap_factor=None)
+ *         def disable_tiling(self) -> None
+ *         def activation_bytes(self, h: int, w: int, act_size: int) -> int   # of a first decode of h x w
  *         config: dict; device: int; up_factor: int
+ *         tiling: dict(use_tiling, tile_sample_min_size, tile_latent_min_size, tile_overlap_factor)
  */
 #include "vae.h"
 
@@ -1139,6 +1143,59 @@ static PyObject *Vae_get_up_factor(VaeObject *self, void *closure) {
     return PyLong_FromLong(vae_up_factor(self->model));
 }
 
+/* a positive int that fits a C int, else -1 with an exception set */
+static int vae_tile_int(PyObject *o, const char *name) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v <= 0 || v > INT_MAX) { PyErr_Format(PyExc_ValueError, "%s must be a positive int, got %ld", name, v); return -1; }
+    return (int)v;
+}
+
+/* enable (1) or disable (0) tiling; sizes / overlap None keep the current values */
+static PyObject *vae_tiling_set(VaeObject *self, int enable, PyObject *ts, PyObject *tl, PyObject *ov) {
+    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
+    VaeTiling t = {.enabled = enable, .tile_sample = -1, .tile_latent = -1, .overlap = -1.0};
+    if (ts != Py_None && (t.tile_sample = vae_tile_int(ts, "tile_sample_min_size")) < 0) return NULL;
+    if (tl != Py_None && (t.tile_latent = vae_tile_int(tl, "tile_latent_min_size")) < 0) return NULL;
+    if (ov != Py_None && (t.overlap = PyFloat_AsDouble(ov)) == -1.0 && PyErr_Occurred()) return NULL;
+    if (ov != Py_None && !(t.overlap >= 0 && t.overlap < 1)) {
+        PyErr_Format(PyExc_ValueError, "tile_overlap_factor must be in [0, 1), got %R", ov); /* PyErr_Format has no %g */
+        return NULL;
+    }
+    zi_status st;
+    ACQUIRE_LOCK(self->lock);
+    st = vae_set_tiling(self->model, &t);
+    RELEASE_LOCK(self->lock);
+    if (st != ZI_OK) return zi_raise(self->module, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Vae_enable_tiling(VaeObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"tile_sample_min_size", "tile_latent_min_size", "tile_overlap_factor", NULL};
+    PyObject *ts = Py_None, *tl = Py_None, *ov = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OOO", kwlist, &ts, &tl, &ov)) return NULL;
+    return vae_tiling_set(self, 1, ts, tl, ov);
+}
+
+static PyObject *Vae_disable_tiling(VaeObject *self, PyObject *unused) {
+    return vae_tiling_set(self, 0, Py_None, Py_None, Py_None);
+}
+
+static PyObject *Vae_activation_bytes(VaeObject *self, PyObject *args) {
+    int h, w, es;
+    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
+    if (!PyArg_ParseTuple(args, "iii", &h, &w, &es)) return NULL;
+    if (h <= 0 || w <= 0 || es <= 0) { PyErr_SetString(PyExc_ValueError, "h, w and act_size must be positive"); return NULL; }
+    return PyLong_FromSize_t(vae_acts_bytes(self->model, h, w, (size_t)es));
+}
+
+static PyObject *Vae_get_tiling(VaeObject *self, void *closure) {
+    if (!self->model) { PyErr_SetString(PyExc_RuntimeError, "Vae not initialised"); return NULL; }
+    VaeTiling t = vae_get_tiling(self->model);
+    return Py_BuildValue("{s:N,s:i,s:i,s:d}", "use_tiling", PyBool_FromLong(t.enabled), "tile_sample_min_size",
+                         t.tile_sample, "tile_latent_min_size", t.tile_latent, "tile_overlap_factor", t.overlap);
+}
+
 MODEL_KIND(vae, VaeModel, "Vae", vae_config_dict);
 
 static PyObject *Vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &vae_kind); }
@@ -1147,10 +1204,19 @@ static PyMethodDef Vae_methods[] = {
     {"decode", (PyCFunction)Vae_decode, METH_O,
      "decode(z f32 (B, latent_channels, h, w)) -> f32 (B, out_channels, f*h, f*w): Decoder.forward per sample"},
     {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
+    {"enable_tiling", (PyCFunction)(void (*)(void))Vae_enable_tiling, METH_VARARGS | METH_KEYWORDS,
+     "enable_tiling(tile_sample_min_size=None, tile_latent_min_size=None, tile_overlap_factor=None): decode latents "
+     "larger than tile_latent_min_size in overlapping tiles (AutoencoderKL.tiled_decode); None keeps a value"},
+    {"disable_tiling", (PyCFunction)Vae_disable_tiling, METH_NOARGS, "disable_tiling(): decode in one pass"},
+    {"activation_bytes", (PyCFunction)Vae_activation_bytes, METH_VARARGS,
+     "activation_bytes(h, w, act_size) -> bytes of the activation buffer a first decode of an h x w latent "
+     "allocates with the current tiling, for act_size-byte elements (4 on the CPU, 2 on CUDA)"},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Vae_getset[] = {
+    {"tiling", (getter)Vae_get_tiling, NULL, "dict(use_tiling, tile_sample_min_size, tile_latent_min_size, "
+     "tile_overlap_factor)", NULL},
     {"config", (getter)Model_get_config, NULL, "the parsed config.json values (diffusers defaults filled in)", NULL},
     {"device", (getter)Model_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
     {"up_factor", (getter)Vae_get_up_factor, NULL, "output size / latent size = 2**(len(block_out_channels)-1)", NULL},

@@ -1,8 +1,9 @@
 /*
  * elementwise.cu - the memory-bound ops: unary/binary maps, row-broadcast products and gated
- * residual adds, fills, embedding gather, transpose, patchify/unpatchify, nearest upsample and
- * im2col for conv2d. bf16 in and out, fp32 arithmetic. Maps take 8 elements (16 bytes) per
- * thread step when every pointer is 16-byte aligned, else one element; all use grid-stride loops.
+ * residual adds, fills, embedding gather, transpose, patchify/unpatchify, nearest upsample, the
+ * tiled VAE's seam blend and im2col for conv2d. bf16 in and out, fp32 arithmetic. Maps take 8
+ * elements (16 bytes) per thread step when every pointer is 16-byte aligned, else one element;
+ * all use grid-stride loops.
  */
 #include "common.cuh"
 
@@ -233,6 +234,26 @@ extern "C" cudaError_t zi_upsample2x_cuda(void *out, const void *in, int B, int 
     if (rows == 0 || W == 0) return cudaSuccess;
     dim3 grid((unsigned)((2 * W + 255) / 256), (unsigned)(rows < 65535 ? rows : 65535));
     upsample2x_kernel<<<grid, 256, 0, stream>>>((bf16 *)out, (const bf16 *)in, H, W, rows);
+    return cudaGetLastError();
+}
+
+/* b[o, t, x] = a[o, t, x] * (1 - t/e) + b[o, t, x] * (t/e), one element per thread step (X is a tile width
+   for row seams, 1 for column seams). The weights are diffusers' Python floats t/e and 1 - t/e rounded to f32. */
+__global__ void blend_seam_kernel(bf16 *b, const bf16 *a, int e, int X, size_t b_ld, size_t a_ld, size_t n) {
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
+        size_t r = k / X, o = r / e;
+        int x = (int)(k % X), t = (int)(r % e);
+        float wb = (float)((double)t / e), wa = (float)(1.0 - (double)t / e);
+        bf16 *bp = b + o * b_ld + (size_t)t * X + x;
+        *bp = f2b(b2f(a[o * a_ld + (size_t)t * X + x]) * wa + b2f(*bp) * wb);
+    }
+}
+
+extern "C" cudaError_t zi_blend_seam_cuda(void *b, const void *a, int O, int e, int X, size_t b_ld, size_t a_ld,
+                                          cudaStream_t stream) {
+    size_t n = (size_t)O * e * X;
+    if (n == 0) return cudaSuccess;
+    blend_seam_kernel<<<grid_for(n, 256), 256, 0, stream>>>((bf16 *)b, (const bf16 *)a, e, X, b_ld, a_ld, n);
     return cudaGetLastError();
 }
 

@@ -47,6 +47,9 @@ cudaError_t zi_patch_cuda(void *tok, void *img, int C, int F, int H, int W, int 
                           cudaStream_t stream);
 /* out[B,C,2H,2W] = nearest 2x of in[B,C,H,W] */
 cudaError_t zi_upsample2x_cuda(void *out, const void *in, int B, int C, int H, int W, cudaStream_t stream);
+/* b[o*b_ld + t*X + x] = a[o*a_ld + t*X + x] * (1 - t/e) + b[...] * (t/e) for o < O, t < e, x < X (seam blend) */
+cudaError_t zi_blend_seam_cuda(void *b, const void *a, int O, int e, int X, size_t b_ld, size_t a_ld,
+                               cudaStream_t stream);
 /* col[Ci*k*k, np] = patches of in[Ci,H,W] for output pixels p0 .. p0+np (stride 1, zero pad) */
 cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int k, int pad, size_t p0, int np,
                            cudaStream_t stream);

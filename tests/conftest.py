@@ -66,3 +66,9 @@ def tiny_pipeline(tmp_path_factory):
     with lzma.open(os.path.join(FIXTURES, "qwen3-tokenizer", "tokenizer.json.xz")) as src:
         (folder / "tokenizer" / "tokenizer.json").write_bytes(src.read())
     return str(cache), "Tiny-Org/Z-Image-Tiny", str(folder)
+
+
+def pipeline_cases():
+    """The cases of tests/fixtures/pipeline/cases.json, by name (made by make_pipeline_fixtures.py)."""
+    with open(os.path.join(FIXTURES, "pipeline", "cases.json")) as f:
+        return {c["name"]: c for c in json.load(f)["cases"]}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import zimage
-from conftest import FIXTURES, rel_l2, requires_gpu
+from conftest import FIXTURES, pipeline_cases, rel_l2, requires_gpu
 
 pytestmark = [requires_gpu, pytest.mark.gpu]
 
@@ -78,6 +78,18 @@ def test_vae_cuda(case):
     assert k >= 3
 
 
+def test_vae_tiling_cuda():
+    """enable_tiling() on CUDA against diffusers' fp32 tiled decode (tests/fixtures/vae_tiling)."""
+    d = os.path.join(FIXTURES, "vae_tiling")
+    io = np.load(os.path.join(d, "io.npz"))
+    vae = zimage.AutoencoderKL.from_pretrained(d, subfolder="vae").to("cuda")
+    vae.enable_tiling()
+    for k in range(int(io["ncalls"])):
+        assert rel_l2(vae.decode(io[f"call{k}_z"]).sample, io[f"call{k}_out"]) < BF16_BOUND, k
+    vae.disable_tiling()
+    assert rel_l2(vae.decode(io["untiled_z"]).sample, io["untiled_out"]) < BF16_BOUND
+
+
 def test_cuda_errors_are_exceptions():
     d = os.path.join(FIXTURES, "dit", "a_small_f32")
     model = zimage.ZImageTransformer2DModel.from_pretrained(d, subfolder="transformer")
@@ -89,9 +101,8 @@ def test_cuda_errors_are_exceptions():
 def test_tiny_pipeline_cuda(tiny_pipeline):
     """The tiny pipeline on CUDA against diffusers' fp32 images (bf16-level bound) and against
     our own CPU run."""
-    import json
     _, _, folder = tiny_pipeline
-    cases = {c["name"]: c for c in json.load(open(os.path.join(FIXTURES, "pipeline", "cases.json")))["cases"]}
+    cases = pipeline_cases()
     ref = np.load(os.path.join(FIXTURES, "pipeline", "reference.npz"))
     pipe = zimage.ZImagePipeline.from_pretrained(folder).to("cuda")
     pipe.set_progress_bar_config(disable=True)

@@ -3,7 +3,6 @@ tokenizer) against diffusers' fp32 outputs for the same latents
 (tests/reference/make_pipeline_fixtures.py), plus the API around it: outputs, seeds,
 callbacks, Ctrl-C, threads, repeated calls, and bad arguments."""
 import gc
-import json
 import os
 import threading
 import _thread
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 
 import zimage
-from conftest import FIXTURES
+from conftest import FIXTURES, pipeline_cases
 
-CASES = json.load(open(os.path.join(FIXTURES, "pipeline", "cases.json")))["cases"]
+CASES = list(pipeline_cases().values())
 REF = np.load(os.path.join(FIXTURES, "pipeline", "reference.npz"))
 TOL = 2e-3  # max abs on images in [0, 1]
 

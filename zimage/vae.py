@@ -42,6 +42,8 @@ class AutoencoderKL(Component):
     """The FLUX / Z-Image VAE decoder. `decode(z).sample` is what diffusers' `AutoencoderKL.decode`
     returns, as float32 NumPy arrays; no latent scaling or shift is applied here (the pipeline
     does `z = latents / scaling_factor + shift_factor`). A batch is decoded one sample at a time.
+    `enable_tiling()` decodes large latents in overlapping blended tiles as diffusers' tiled_decode does
+    (also inside the pipeline), with activations sized for one tile.
     """
 
     def __init__(self, core, path, dtype, raw_config):
@@ -61,6 +63,41 @@ class AutoencoderKL(Component):
     def config(self):
         return FrozenConfig({**self._raw_config, **self._core.config})
 
+    def enable_tiling(self, tile_sample_min_size=None, tile_latent_min_size=None, tile_overlap_factor=None):
+        """Tiled decoding as diffusers' `AutoencoderKL.enable_tiling()`: latents larger than
+        `tile_latent_min_size` (default sample_size / 2**(len(block_out_channels)-1), 128 for the real VAE)
+        in either dimension are decoded in overlapping tiles blended linearly at the seams. The result
+        differs from an untiled decode (each tile has its own GroupNorm statistics and attention). The
+        optional arguments change the tile sizes (a size given alone sets the other to match) and the
+        overlap factor (0.25)."""
+        self._core.enable_tiling(tile_sample_min_size, tile_latent_min_size, tile_overlap_factor)
+
+    def disable_tiling(self):
+        """Decode in one pass again."""
+        self._core.disable_tiling()
+
+    @property
+    def use_tiling(self):
+        return self._core.tiling["use_tiling"]
+
+    @use_tiling.setter
+    def use_tiling(self, value):
+        if value:
+            self.enable_tiling()
+        else:
+            self.disable_tiling()
+
+    @property
+    def tile_sample_min_size(self):
+        return self._core.tiling["tile_sample_min_size"]
+
+    @property
+    def tile_latent_min_size(self):
+        return self._core.tiling["tile_latent_min_size"]
+
+    @property
+    def tile_overlap_factor(self):
+        return self._core.tiling["tile_overlap_factor"]
 
     def enable_slicing(self):
         """No-op: batches are always decoded one sample at a time (same result per sample)."""

@@ -782,6 +782,43 @@ done:
     f32_free(t, &y);
 }
 
+/* a tile of x[B, R0, X0] at (r0, x0) pasted into y[B, R1, X1] at (r1, x1): both strides exercised */
+static void test_copy2d(T *t, int B, int R, int X) {
+    char name[96];
+    snprintf(name, sizeof name, "copy2d B=%d R=%d X=%d", B, R, X);
+    if (skip(name)) return;
+    int R0 = R + 3, X0 = X + 5, R1 = R + 2, X1 = X + 7;
+    size_t so = (size_t)2 * X0 + 1, dof = (size_t)X1 + 3;
+    Ten x, y;
+    ten_rand(t, &x, (size_t)B * R0 * X0, -2, 2, 0);
+    ten_rand(t, &y, (size_t)B * R1 * X1, -2, 2, 0);  /* untouched elements keep their values */
+    t->cpu->ops->copy2d(t->cpu, y.c + dof, x.c + so, B, R, X, (size_t)R1 * X1, X1, (size_t)R0 * X0, X0);
+    t->cpu->ops->copy2d(t->cpu, y.r + dof, x.r + so, B, R, X, (size_t)R1 * X1, X1, (size_t)R0 * X0, X0);
+    GPU_OK(t, name, t->gpu->ops->copy2d(t->gpu, zi_act(t->gpu, y.d, dof), zi_act(t->gpu, x.d, so), B, R, X,
+                                        (size_t)R1 * X1, X1, (size_t)R0 * X0, X0));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+}
+
+/* rows (O = C planes of e x X) or columns (X = 1) of b blended with a, a with its own row stride */
+static void test_blend_seam(T *t, int O, int e, int X, size_t b_ld, size_t a_ld) {
+    char name[96];
+    snprintf(name, sizeof name, "blend_seam O=%d e=%d X=%d", O, e, X);
+    if (skip(name)) return;
+    Ten a, b;
+    ten_rand(t, &a, (size_t)O * a_ld, -2, 2, 0);
+    ten_rand(t, &b, (size_t)O * b_ld, -2, 2, 0);
+    t->cpu->ops->blend_seam(t->cpu, b.c, a.c, O, e, X, b_ld, a_ld);
+    t->cpu->ops->blend_seam(t->cpu, b.r, a.r, O, e, X, b_ld, a_ld);
+    GPU_OK(t, name, t->gpu->ops->blend_seam(t->gpu, b.d, a.d, O, e, X, b_ld, a_ld));
+    check(t, name, &b);
+done:
+    ten_free(t, &a);
+    ten_free(t, &b);
+}
+
 int main(int argc, char **argv) {
     T t = {.rng = 0x9E3779B97F4A7C15ULL};
     g_filter = argc > 1 ? argv[1] : NULL;
@@ -874,6 +911,11 @@ int main(int argc, char **argv) {
     test_conv2d(&t, 1, 4, 5, 5, 6, 3, 0, 1);
     test_conv2d(&t, 2, 64, 64, 64, 64, 3, 1, 1);
     test_upsample(&t, 2, 3, 5, 7);
+    test_copy2d(&t, 3, 17, 23);
+    test_copy2d(&t, 1, 1, 1);
+    test_blend_seam(&t, 3, 8, 40, 32 * 40, 10 * 40);          /* blend_v: 8 of 32 rows, a keeps 10 rows */
+    test_blend_seam(&t, 3 * 32, 8, 1, 40, 11);                 /* blend_h: 8 of 40 columns, a keeps 11    */
+    test_blend_seam(&t, 3, 256, 1024, 1024 * 1024, 256 * 1024); /* a real 1024-px tile seam                */
 
     test_to_act(&t, 1);
     test_to_act(&t, 4099);
