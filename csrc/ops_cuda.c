@@ -64,9 +64,29 @@ static const ZiOps zi_ops_cuda;
 // ----------------------------------------------------------------------------------------------
 // error checking: record the call, file:line and CUDA's message, then jump to `fail:`
 
+/* errors that leave the CUDA context corrupted: every later call in this process fails too */
+static int cuda_error_is_sticky(cudaError_t e) {
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorLaunchTimeout: return 1;
+    default: return 0;
+    }
+}
+
 static zi_status cuda_fail(const char *call, const char *file, int line, cudaError_t e) {
     cudaGetLastError(); /* clear a non-sticky error so the next call starts clean */
-    return zi_fail(ZI_ERR_CUDA, "%s failed at %s:%d: %s", call, file, line, cudaGetErrorString(e));
+    return zi_fail(ZI_ERR_CUDA, "%s failed at %s:%d: %s%s", call, file, line, cudaGetErrorString(e),
+                   cuda_error_is_sticky(e) ? " (the GPU context is now unusable: restart the process and load the "
+                                             "pipeline again)"
+                                           : "");
 }
 
 #define CU_TRY(call)                                                             \
