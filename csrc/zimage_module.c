@@ -5,14 +5,19 @@
  *     class ZImageError(RuntimeError): ...
  *     def cuda_device_count() -> int: ...            # 0 without a GPU, driver, or CUDA build
  *     def cuda_compiled() -> bool: ...
+ *     def cuda_mem_info(device=0) -> (free, total); def cuda_device_properties(device=0) -> dict
  *     def read_safetensors(path) -> dict[str, ndarray[float32]]     # validated reader
- *     def dit_weight_manifest(config_json) -> list[tuple[str, tuple]]  # names/shapes the loader expects
- *     class Transformer:                              # a loaded ZImageTransformer2DModel
- *         def __init__(self, path: str, device: int = -1): ...
- *         def forward(self, latent: f32[C,F,H,W], t: float, cap: f32[L,Cc]) -> f32[C,F,H,W]
+ *     def dit_weight_manifest(config_json) / text_encoder_weight_manifest / vae_weight_manifest
+ *     def flow_match_schedule(steps, shift=3.0, sigmas=None) -> (sigmas, timesteps, t_model)
+ *     def randn_cuda(shape, seed, offset=0, ...) / randn_cpu(shape, seed)   # torch's noise
+ *     def encode_png(img) -> bytes; def write_png(path, img); def postprocess_uint8(img)
+ *     class Transformer / TextEncoder / Vae:          # the C models behind zimage's wrappers
+ *         def __init__(self, path: str, device: int = -1): ...   # -2: check now, load on first use
+ *         def forward(latent, t, cap) / encode(input_ids, layer=-2) / decode(z)
  *         def to(self, device: int) -> None
  *         config: dict; device: int
- *     class Qwen2Tokenizer: ...                       # (tokenizer section)
+ *     class Qwen2Tokenizer: from_pretrained, encode, decode, format_prompt, encode_prompt
+ *     class ZImagePipeline: from_pretrained, to, __call__, encode_prompt, set_progress_bar_config
  *
  * Long C work runs with the GIL released under a per-object lock (bz2's pattern), so two
  * Python threads never drive one native object at once. Status codes become exceptions in
