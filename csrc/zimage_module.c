@@ -1262,15 +1262,18 @@ typedef struct {
     PyObject *module;
 } PipelineObject;
 
-/* the Python helper module, imported lazily (it imports zimage, which imports us) */
+/* Call zimage._pipeline_support.<fn>(*args, **kw). Steals `args` (a new tuple, or NULL when
+   building it failed, which then propagates); the helper module is imported lazily (it imports
+   zimage, which imports us). */
 static PyObject *support_call(const char *fn, PyObject *args, PyObject *kw) {
-    PyObject *mod = PyImport_ImportModule("zimage._pipeline_support");
-    if (!mod) return NULL;
-    PyObject *f = PyObject_GetAttrString(mod, fn);
-    Py_DECREF(mod);
-    if (!f) return NULL;
-    PyObject *r = PyObject_Call(f, args, kw);
-    Py_DECREF(f);
+    PyObject *mod = NULL, *f = NULL, *r = NULL;
+    if (!args) return NULL;
+    mod = PyImport_ImportModule("zimage._pipeline_support");
+    if (mod) f = PyObject_GetAttrString(mod, fn);
+    if (f) r = PyObject_Call(f, args, kw);
+    Py_XDECREF(f);
+    Py_XDECREF(mod);
+    Py_DECREF(args);
     return r;
 }
 
@@ -1828,6 +1831,7 @@ static void Pipeline_dealloc(PipelineObject *self) {
 
 /* from_pretrained(name_or_path, torch_dtype=None, **kw): resolve, then load each component */
 static PyObject *Pipeline_from_pretrained(PyObject *cls, PyObject *args, PyObject *kw) {
+    Py_INCREF(args); /* support_call steals it */
     PyObject *loaded = support_call("load_components", args, kw);
     if (!loaded) return NULL;
     PyObject *r = PyObject_Call(cls, PyTuple_New(0), loaded);

@@ -226,3 +226,24 @@ def test_from_hub_id_through_modelscope_cache(tiny_pipeline, monkeypatch):
     if zimage.cuda_device_count() == 0:
         with pytest.raises(zimage.ZImageError, match="CUDA"):
             p.to("cuda")
+
+
+def test_outputs_are_freed(pipe):
+    """Nothing keeps the returned images (or the latents a callback saw) alive after the caller drops them."""
+    import weakref
+    c = case("c1")
+    out = pipe(**call_args(c))
+    ref_np = weakref.ref(out.images)
+    del out
+    out = pipe(**call_args(c, output_type=None))
+    ref_img = weakref.ref(out.images[0])
+    del out
+    seen = []
+    pipe(**call_args(c, output_type="latent", callback_on_step_end=lambda p, i, t, kw: seen.append(
+        weakref.ref(kw["latents"])) or {}))
+    tup = pipe(**call_args(c, return_dict=False))
+    ref_tup = weakref.ref(tup[0])
+    del tup
+    gc.collect()
+    assert ref_np() is None and ref_img() is None and ref_tup() is None
+    assert seen and all(r() is None for r in seen)
