@@ -1834,7 +1834,8 @@ static PyObject *Pipeline_from_pretrained(PyObject *cls, PyObject *args, PyObjec
     Py_INCREF(args); /* support_call steals it */
     PyObject *loaded = support_call("load_components", args, kw);
     if (!loaded) return NULL;
-    PyObject *r = PyObject_Call(cls, PyTuple_New(0), loaded);
+    PyObject *noargs = PyTuple_New(0), *r = noargs ? PyObject_Call(cls, noargs, loaded) : NULL;
+    Py_XDECREF(noargs);
     Py_DECREF(loaded);
     return r;
 }
