@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STAGE_BYTES ((size_t)16 << 20)   /* each of 2 pinned + 2 device staging buffers */
+#define STAGE_BYTES ((size_t)64 << 20)   /* each of 2 pinned + 2 device staging buffers */
 #define LT_WORKSPACE ((size_t)32 << 20)  /* cuBLASLt workspace (the Hopper recommendation) */
 #define LT_CACHE 128                     /* cached matmul plans                           */
 #define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
@@ -253,6 +253,22 @@ fail:
     return st;
 }
 
+/* memcpy into the pinned staging buffer; large copies (weights read from the mmapped, page-cached
+   checkpoint) are split over the OpenMP threads: one core's memcpy is the load-time bottleneck */
+static void staging_memcpy(void *dst, const void *src, size_t bytes) {
+    const size_t piece = (size_t)1 << 20;
+    if (bytes < 4 * piece) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    long pieces = (long)((bytes + piece - 1) / piece);
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < pieces; p++) {
+        size_t o = (size_t)p * piece, len = bytes - o < piece ? bytes - o : piece;
+        memcpy((char *)dst + o, (const char *)src + o, len);
+    }
+}
+
 /* host src[n] of dtype (0 f32, 1 bf16, 2 f16) -> device bf16 dst[n], in STAGE_BYTES chunks through two
    pinned buffers: the CPU fills buffer i while the GPU copies and converts buffer i^1 */
 static zi_status upload_bf16(ZiCuda *cu, void *dst, const void *src, int dtype, size_t n) {
@@ -264,7 +280,7 @@ static zi_status upload_bf16(ZiCuda *cu, void *dst, const void *src, int dtype, 
     for (size_t off = 0; off < n; off += chunk, i ^= 1) {
         size_t cnt = n - off < chunk ? n - off : chunk;
         CU_TRY(cudaEventSynchronize(cu->stage_ev[i])); /* buffer i's last copy and conversion are done */
-        memcpy(cu->pinned[i], (const char *)src + off * es, cnt * es);
+        staging_memcpy(cu->pinned[i], (const char *)src + off * es, cnt * es);
         if (dtype == 1) {
             CU_TRY(cudaMemcpyAsync((char *)dst + off * 2, cu->pinned[i], cnt * 2, cudaMemcpyHostToDevice, cu->stream));
         } else {
