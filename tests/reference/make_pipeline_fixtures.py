@@ -34,6 +34,7 @@ import sys
 import numpy as np
 
 import _common as C
+from make_vae_fixtures import randomize_ as randomize_vae_  # the same VAE randomisation
 
 torch = C.setup_torch()
 from diffusers import (  # noqa: E402
@@ -148,18 +149,6 @@ def randomize_dit_(model, rng):
         elif p.ndim == 1:  # RMSNorm gains
             v = 1.0 + 0.1 * rng.standard_normal(shape)
         else:  # Linear [out, in]
-            v = rng.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
-        p.data.copy_(torch.from_numpy(v.astype(np.float32)))
-
-
-def randomize_vae_(model, rng):
-    for name, p in model.named_parameters():
-        shape = tuple(p.shape)
-        if name.endswith(".bias"):
-            v = 0.1 * rng.standard_normal(shape)
-        elif p.ndim == 1:  # GroupNorm gains
-            v = 1.0 + 0.1 * rng.standard_normal(shape)
-        else:  # conv [Cout, Cin, kh, kw] or linear [out, in]
             v = rng.standard_normal(shape) / math.sqrt(int(np.prod(shape[1:])))
         p.data.copy_(torch.from_numpy(v.astype(np.float32)))
 
