@@ -388,6 +388,33 @@ static zi_status cpu_upsample2x(ZiBackend *be, void *out, const void *in, int B,
     return ZI_OK;
 }
 
+/* the two ops through a temporary holding the first one's output */
+static zi_status cpu_groupnorm_conv2d(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta,
+                                      const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k,
+                                      int pad, int G, float eps, int silu) {
+    zi_status st = ZI_OK;
+    float *t = NULL;
+    if (G <= 0) return zi_fail(ZI_ERR_ARG, "groupnorm_conv2d: %d groups", G);
+    ZI_TRY(cpu_alloc(be, (void **)&t, (size_t)B * Ci * H * W * sizeof(float)));
+    ZI_TRY(cpu_groupnorm(be, t, in, gamma, beta, B, Ci, H * W, G, eps, silu));
+    ZI_TRY(cpu_conv2d(be, out, t, w, bias, B, Ci, H, W, Co, k, pad));
+fail:
+    free(t);
+    return st;
+}
+
+static zi_status cpu_upsample_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B,
+                                     int Ci, int H, int W, int Co, int k, int pad) {
+    zi_status st = ZI_OK;
+    float *t = NULL;
+    ZI_TRY(cpu_alloc(be, (void **)&t, (size_t)B * Ci * 4 * H * W * sizeof(float)));
+    ZI_TRY(cpu_upsample2x(be, t, in, B, Ci, H, W));
+    ZI_TRY(cpu_conv2d(be, out, t, w, bias, B, Ci, 2 * H, 2 * W, Co, k, pad));
+fail:
+    free(t);
+    return st;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* the sampler's f32 latents; activations are f32 here too, so the casts are copies */
 
@@ -523,6 +550,8 @@ const ZiOps zi_ops_cpu = {
     .unpatchify = cpu_unpatchify,
     .conv2d = cpu_conv2d,
     .upsample2x = cpu_upsample2x,
+    .groupnorm_conv2d = cpu_groupnorm_conv2d,
+    .upsample_conv2d = cpu_upsample_conv2d,
     .download_bytes = cpu_download_bytes,
     .to_act = cpu_to_act,
     .to_f32 = cpu_to_f32,

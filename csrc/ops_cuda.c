@@ -741,53 +741,153 @@ fail:
 // ----------------------------------------------------------------------------------------------
 // images
 
-/* conv2d as GEMM per image b: out_b[Co, P] = w[Co, Ci*k*k] @ col[Ci*k*k, P], P = Ho*Wo output pixels.
+/* What a conv's input goes through before the convolution (groupnorm_conv2d, upsample_conv2d). */
+typedef struct ConvPre {
+    int norm;                        /* groupnorm (* gamma + beta) (+ SiLU) of the input first */
+    const void *gamma, *beta;
+    int G, silu;
+    float eps;
+    int up;                          /* nearest 2x upsample of the input first               */
+} ConvPre;
+
+/* Env ZIMAGE_CONV (read per call, a lab knob for benchmarks and tests): "im2col" sends every conv
+   through im2col + cuBLASLt, "igemm" every conv with Ci % 8 == 0 through the implicit-GEMM kernel;
+   unset (auto): the implicit GEMM except an unpadded 1x1 conv without a pre step, which is a plain
+   cuBLASLt GEMM on the NCHW input. ZIMAGE_CONV_TILE=1..6 picks the kernel's tile configuration. */
+enum { CONV_AUTO, CONV_IM2COL, CONV_IGEMM };
+static int conv_mode(void) {
+    const char *s = getenv("ZIMAGE_CONV");
+    if (!s) return CONV_AUTO;
+    return strcmp(s, "im2col") == 0 ? CONV_IM2COL : strcmp(s, "igemm") == 0 ? CONV_IGEMM : CONV_AUTO;
+}
+static int conv_tile(void) {
+    const char *s = getenv("ZIMAGE_CONV_TILE");
+    return s ? atoi(s) : 0;
+}
+
+static size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
+
+/* The implicit GEMM (kernels/conv.cu): cu->col holds the NHWC input [B, H*W, Ci] (after the groupnorm,
+   when pre->norm), the weights as [Co, k*k, Ci] and the groupnorm statistics. The pre-step's output is
+   never stored in NCHW; the upsample is read through the kernel's addressing. Caller holds the lock. */
+static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                              int H, int W, int Co, int k, int pad, const ConvPre *pre) {
+    zi_status st = ZI_OK;
+    size_t HW = (size_t)H * W, xb = align256((size_t)B * HW * Ci * 2), wb = align256((size_t)Co * Ci * k * k * 2);
+    size_t nparts = pre->norm ? zi_groupnorm_stats_partials(B, Ci, (int)HW, pre->G) : 0;
+    size_t sb = pre->norm ? align256((size_t)B * pre->G * 8) : 0;
+    ZI_TRY(scratch_reserve(cu, &cu->col, xb + wb + sb + nparts * 8));
+    char *xin = cu->col.p, *wp = xin + xb;
+    float *stats = pre->norm ? (float *)(wp + wb) : NULL, *partials = pre->norm ? (float *)(wp + wb + sb) : NULL;
+    if (pre->norm) CU_TRY(zi_groupnorm_stats_cuda(stats, partials, in, B, Ci, (int)HW, pre->G, pre->eps, cu->stream));
+    CU_TRY(zi_conv_pack_input_cuda(xin, in, B, Ci, (int)HW, stats, pre->G, pre->gamma, pre->beta, pre->silu, cu->stream));
+    CU_TRY(zi_conv_pack_weight_cuda(wp, w, Co, Ci, k * k, cu->stream));
+    CU_TRY(zi_conv2d_igemm_cuda(out, xin, wp, bias, B, Ci, H, W, Co, k, pad, pre->up, conv_tile(), cu->stream));
+fail:
+    return st;
+}
+
+/* im2col + cuBLASLt, per image b: out_b[Co, P] = w[Co, Ci*k*k] @ col[Ci*k*k, P], P = Ho*Wo output pixels.
    Column-major that is out_b^T[P, Co] = col^T[P, Kc] w^T[Kc, Co]: cuBLASLt m = pixels, n = Co,
    A = col (lda = pixels of the chunk), B = w (ldb = Kc), C = out_b + p0 (ldc = P). A 1x1 unpadded
    conv uses the input as col directly; otherwise im2col fills at most IM2COL_BYTES of columns at
    a time. The bias is per Co (per column here), which the epilogue cannot add: the output is
-   filled with the bias first and the GEMM accumulates onto it (beta = 1). */
-static zi_status cuda_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
-                             int H, int W, int Co, int k, int pad) {
-    OP_BEGIN(be);
-    int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
-    if (Ho <= 0 || Wo <= 0) return zi_fail(ZI_ERR_ARG, "conv2d: kernel %d larger than padded input %dx%d", k, H, W);
+   filled with the bias first and the GEMM accumulates onto it (beta = 1). A pre step is materialised
+   first (NCHW, at the start of cu->col; the columns follow it). Caller holds the lock. */
+static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                               int H, int W, int Co, int k, int pad, const ConvPre *pre) {
+    zi_status st = ZI_OK;
+    int Hc = pre->up ? 2 * H : H, Wc = pre->up ? 2 * W : W;
+    int Ho = Hc + 2 * pad - k + 1, Wo = Wc + 2 * pad - k + 1;
     size_t P = (size_t)Ho * Wo, Kc = (size_t)Ci * k * k;
-    if (P > 0x7fffffff || Kc > 0x7fffffff) return zi_fail(ZI_ERR_ARG, "conv2d: %dx%d image too large", Ho, Wo);
+    size_t pb = pre->norm || pre->up ? align256((size_t)B * Ci * Hc * Wc * 2) : 0; /* the pre step's output */
     float beta = 0.0f;
-    if (bias) {
-        CU_TRY(zi_fill_planes_cuda(out, bias, B, Co, P, cu->stream));
-        beta = 1.0f;
-    }
     int direct = k == 1 && pad == 0;
     size_t chunk = P;
     if (!direct && Kc * P * 2 > IM2COL_BYTES) {
         chunk = IM2COL_BYTES / (Kc * 2) & ~(size_t)255;
         if (chunk < 256) chunk = 256;
     }
-    pthread_mutex_lock(&cu->lock);
-    if (!direct) st = scratch_reserve(cu, &cu->col, Kc * chunk * 2);
-    for (int b = 0; st == ZI_OK && b < B; b++) {
-        const char *in_b = (const char *)in + (size_t)b * Ci * H * W * 2;
+    ZI_TRY(scratch_reserve(cu, &cu->col, pb + (direct ? 0 : Kc * chunk * 2)));
+    if (pre->norm) {
+        ZI_TRY(scratch_reserve(cu, &cu->stats, sizeof(double) * 2 * (size_t)B * pre->G));
+        CU_TRY(zi_groupnorm_cuda(cu->col.p, in, pre->gamma, pre->beta, B, Ci, (size_t)H * W, pre->G, pre->eps, pre->silu,
+                                 cu->stats.p, cu->stream));
+        in = cu->col.p;
+    } else if (pre->up) {
+        CU_TRY(zi_upsample2x_cuda(cu->col.p, in, B, Ci, H, W, cu->stream));
+        in = cu->col.p;
+    }
+    void *col = (char *)cu->col.p + pb;
+    if (bias) {
+        CU_TRY(zi_fill_planes_cuda(out, bias, B, Co, P, cu->stream));
+        beta = 1.0f;
+    }
+    for (int b = 0; b < B; b++) {
+        const char *in_b = (const char *)in + (size_t)b * Ci * Hc * Wc * 2;
         char *out_b = (char *)out + (size_t)b * Co * P * 2;
-        for (size_t p0 = 0; st == ZI_OK && p0 < P; p0 += chunk) {
+        for (size_t p0 = 0; p0 < P; p0 += chunk) {
             int np = (int)(P - p0 < chunk ? P - p0 : chunk), done = 0;
             const void *A = in_b;
             if (!direct) {
-                cudaError_t e = zi_im2col_cuda(cu->col.p, in_b, Ci, H, W, k, pad, p0, np, cu->stream);
-                if (e != cudaSuccess) { st = cuda_fail("zi_im2col_cuda", __FILE__, __LINE__, e); break; }
-                A = cu->col.p;
+                CU_TRY(zi_im2col_cuda(col, in_b, Ci, Hc, Wc, k, pad, p0, np, cu->stream));
+                A = col;
             }
-            st = lt_matmul(cu, np, Co, (int)Kc, A, np, 0, w, (int)Kc, 0, out_b + p0 * 2, (int)P, 0, NULL, 1.0f, beta, &done);
-            if (st == ZI_OK && !done)
-                st = zi_fail(ZI_ERR_CUBLAS, "conv2d: cuBLASLt has no algorithm for %d pixels x %d channels x K=%zu", np, Co, Kc);
+            ZI_TRY(lt_matmul(cu, np, Co, (int)Kc, A, np, 0, w, (int)Kc, 0, out_b + p0 * 2, (int)P, 0, NULL, 1.0f, beta, &done));
+            if (!done)
+                return zi_fail(ZI_ERR_CUBLAS, "conv2d: cuBLASLt has no algorithm for %d pixels x %d channels x K=%zu", np,
+                               Co, Kc);
         }
     }
-    pthread_mutex_unlock(&cu->lock);
-    if (st != ZI_OK) return st;
-    return op_end(cu, "conv2d");
 fail:
     return st;
+}
+
+/* conv2d(pre(in)): checks, then the implicit GEMM where it applies (Ci % 8 == 0), else im2col */
+static zi_status conv2d_pre(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                            int H, int W, int Co, int k, int pad, const ConvPre *pre, const char *name) {
+    OP_BEGIN(be);
+    int Hc = pre->up ? 2 * H : H, Wc = pre->up ? 2 * W : W;
+    int Ho = Hc + 2 * pad - k + 1, Wo = Wc + 2 * pad - k + 1;
+    if (k <= 0 || pad < 0) return zi_fail(ZI_ERR_ARG, "%s: kernel size %d, padding %d", name, k, pad);
+    if (Ho <= 0 || Wo <= 0) return zi_fail(ZI_ERR_ARG, "%s: kernel %d larger than padded input %dx%d", name, k, Hc, Wc);
+    if (pre->norm && (pre->G <= 0 || Ci % pre->G))
+        return zi_fail(ZI_ERR_ARG, "%s: %d channels not divisible by %d groups", name, Ci, pre->G);
+    if (pre->norm && (long)B * pre->G > 65535) return zi_fail(ZI_ERR_ARG, "%s: %d x %d groups is too many", name, B, pre->G);
+    size_t P = (size_t)Ho * Wo, Kc = (size_t)Ci * k * k;
+    if (P > 0x7fffffff || Kc > 0x7fffffff || (size_t)B * P > 0x7ffffdff || (size_t)B * H * W > 0x7fffffff ||
+        (size_t)Hc * Wc > 0x7fffffff)
+        return zi_fail(ZI_ERR_ARG, "%s: %d images of %dx%d too large", name, B, Ho, Wo);
+    if (B <= 0 || Co <= 0) return ZI_OK;
+    int mode = conv_mode(), plain_1x1 = k == 1 && pad == 0 && !pre->norm && !pre->up;
+    int igemm = Ci % 8 == 0 && mode != CONV_IM2COL && (mode == CONV_IGEMM || !plain_1x1);
+    pthread_mutex_lock(&cu->lock);
+    st = igemm ? conv2d_igemm(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre)
+               : conv2d_im2col(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre);
+    pthread_mutex_unlock(&cu->lock);
+    if (st != ZI_OK) return st;
+    return op_end(cu, name);
+fail:
+    return st;
+}
+
+static zi_status cuda_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                             int H, int W, int Co, int k, int pad) {
+    ConvPre pre = {0};
+    return conv2d_pre(be, out, in, w, bias, B, Ci, H, W, Co, k, pad, &pre, "conv2d");
+}
+
+static zi_status cuda_groupnorm_conv2d(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta,
+                                       const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k,
+                                       int pad, int G, float eps, int silu) {
+    ConvPre pre = {.norm = 1, .gamma = gamma, .beta = beta, .G = G, .silu = silu, .eps = eps};
+    return conv2d_pre(be, out, in, w, bias, B, Ci, H, W, Co, k, pad, &pre, "groupnorm_conv2d");
+}
+
+static zi_status cuda_upsample_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B,
+                                      int Ci, int H, int W, int Co, int k, int pad) {
+    ConvPre pre = {.up = 1};
+    return conv2d_pre(be, out, in, w, bias, B, Ci, H, W, Co, k, pad, &pre, "upsample_conv2d");
 }
 
 static zi_status cuda_upsample2x(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W) {
@@ -929,6 +1029,8 @@ static const ZiOps zi_ops_cuda = {
     .unpatchify = cuda_unpatchify,
     .conv2d = cuda_conv2d,
     .upsample2x = cuda_upsample2x,
+    .groupnorm_conv2d = cuda_groupnorm_conv2d,
+    .upsample_conv2d = cuda_upsample_conv2d,
     .download_bytes = cuda_download_bytes,
     .to_act = cuda_to_act,
     .to_f32 = cuda_to_f32,

@@ -33,9 +33,9 @@ struct VaeModel {
     void *acts;
     size_t cap[VAE_NACTS];      /* elements per buffer below, in this order                  */
     struct {
-        void *x;            /* residual stream: block inputs/outputs                      */
-        void *h;            /* GroupNorm outputs, 2x image, shortcut, q                   */
-        void *y;            /* conv outputs, attention tokens / output, image (or tile)   */
+        void *x;            /* residual stream: block inputs/outputs (swaps with h)       */
+        void *h;            /* conv2 outputs, upsample conv output, GroupNorm out, q      */
+        void *y;            /* conv1 / shortcut outputs, attention tokens, image (or tile) */
         void *k, *v;        /* attention keys / values [N, C0]                            */
         void *z;            /* latent sample [L, h, w]                                    */
         void *zq;           /* post_quant_conv output [L, h, w] (of the tile when tiled)  */
@@ -322,15 +322,15 @@ static zi_status vae_resnet(VaeModel *m, const VaeResnet *r, int H, int W) {
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     int G = m->cfg.norm_num_groups, ci = r->ci, co = r->co, HW = H * W;
-    ZI_TRY(op->groupnorm(be, m->t.h, m->t.x, r->norm1_w, r->norm1_b, 1, ci, HW, G, VAE_EPS, 1)); /* h [ci, HW] silu */
-    ZI_TRY(op->conv2d(be, m->t.y, m->t.h, r->conv1_w, r->conv1_b, 1, ci, H, W, co, 3, 1));    /* y [co, HW]      */
-    ZI_TRY(op->groupnorm(be, m->t.h, m->t.y, r->norm2_w, r->norm2_b, 1, co, HW, G, VAE_EPS, 1)); /* h [co, HW] silu */
-    ZI_TRY(op->conv2d(be, m->t.y, m->t.h, r->conv2_w, r->conv2_b, 1, co, H, W, co, 3, 1));    /* y [co, HW]      */
+    ZI_TRY(op->groupnorm_conv2d(be, m->t.y, m->t.x, r->norm1_w, r->norm1_b, r->conv1_w, r->conv1_b, 1, ci, H, W, co, 3,
+                                1, G, VAE_EPS, 1));                                   /* y [co, HW] conv1(silu(norm1 x)) */
+    ZI_TRY(op->groupnorm_conv2d(be, m->t.h, m->t.y, r->norm2_w, r->norm2_b, r->conv2_w, r->conv2_b, 1, co, H, W, co, 3,
+                                1, G, VAE_EPS, 1));                                   /* h [co, HW] conv2(silu(norm2 y)) */
     if (r->short_w) {
-        ZI_TRY(op->conv2d(be, m->t.h, m->t.x, r->short_w, r->short_b, 1, ci, H, W, co, 1, 0)); /* h [co, HW] 1x1 */
-        ZI_TRY(op->add(be, m->t.x, m->t.h, m->t.y, (size_t)co * HW));                          /* x = h + y      */
+        ZI_TRY(op->conv2d(be, m->t.y, m->t.x, r->short_w, r->short_b, 1, ci, H, W, co, 1, 0)); /* y [co, HW] 1x1 */
+        ZI_TRY(op->add(be, m->t.x, m->t.y, m->t.h, (size_t)co * HW));                          /* x = y + h      */
     } else {
-        ZI_TRY(op->add(be, m->t.x, m->t.x, m->t.y, (size_t)co * HW));                          /* x = x + y      */
+        ZI_TRY(op->add(be, m->t.x, m->t.x, m->t.h, (size_t)co * HW));                          /* x = x + h      */
     }
 fail:
     return st;
@@ -383,17 +383,17 @@ static zi_status vae_decode_one(VaeModel *m, void *out, const void *z, int h, in
         int co = vae_block_out(c, i);
         for (int j = 0; j < nr; j++) ZI_TRY(vae_resnet(m, &wt->up[i * nr + j], H, W)); /* x [co, H, W]   */
         if (i < c->n_blocks - 1) {
-            ZI_TRY(op->upsample2x(be, m->t.h, m->t.x, 1, co, H, W));                     /* h [co, 2H, 2W] */
+            ZI_TRY(op->upsample_conv2d(be, m->t.h, m->t.x, wt->ups_w[i], wt->ups_b[i], 1, co, H, W, co, 3, 1)); /* h [co, 2H, 2W] */
             H *= 2, W *= 2;
-            ZI_TRY(op->conv2d(be, m->t.x, m->t.h, wt->ups_w[i], wt->ups_b[i], 1, co, H, W, co, 3, 1)); /* x [co, H, W] */
+            void *up = m->t.h;                                                             /* x = h: both hold */
+            m->t.h = m->t.x, m->t.x = up;                                                  /* `big` elements   */
         }
     }
 
     /* conv_norm_out, SiLU, conv_out */
     int Cl = c->block_out_channels[0];
-    ZI_TRY(op->groupnorm(be, m->t.h, m->t.x, wt->norm_out_w, wt->norm_out_b, 1, Cl, H * W, c->norm_num_groups,
-                         VAE_EPS, 1));                                                    /* h [Cl, H, W] silu */
-    ZI_TRY(op->conv2d(be, out, m->t.h, wt->conv_out_w, wt->conv_out_b, 1, Cl, H, W, c->out_channels, 3, 1)); /* out [Co, H, W] */
+    ZI_TRY(op->groupnorm_conv2d(be, out, m->t.x, wt->norm_out_w, wt->norm_out_b, wt->conv_out_w, wt->conv_out_b, 1, Cl,
+                                H, W, c->out_channels, 3, 1, c->norm_num_groups, VAE_EPS, 1)); /* out [Co, H, W] */
 fail:
     return st;
 }

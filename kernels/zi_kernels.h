@@ -54,6 +54,26 @@ cudaError_t zi_blend_seam_cuda(void *b, const void *a, int O, int e, int X, size
 cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int k, int pad, size_t p0, int np,
                            cudaStream_t stream);
 
+/* ---- convolution (conv.cu): implicit GEMM on the tensor cores over an NHWC copy of the input ---- */
+/* out[B,Co,Ho,Wo] = conv2d(x, w) + bias[Co] (bias may be NULL), stride 1, zero padding pad; x [B,H,W,Ci] NHWC,
+   read as its nearest-2x upsample (a 2H x 2W image) when up; w [Co, k*k, Ci] (zi_conv_pack_weight_cuda).
+   Ho = Hc + 2 pad - k + 1 for the conv's input size Hc (H or 2H). Needs Ci % 8 == 0 and 16-byte aligned x and w
+   (cudaErrorInvalidValue otherwise). tile: block tile configuration 1..6 (conv.cu's CONV_CFG_LIST), 0 = chosen by Co */
+cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, int B, int Ci, int H, int W,
+                                 int Co, int k, int pad, int up, int tile, cudaStream_t stream);
+/* nhwc[B,HW,C] = in[B,C,HW], or with stats (device float2 [B*G] (mean, rstd) from zi_groupnorm_stats_cuda)
+   (in - mean) * rstd (* gamma[C]) (+ beta[C]) (then SiLU if silu), rounded to bf16 once */
+cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B, int C, int HW, const float *stats, int G,
+                                    const void *gamma, const void *beta, int silu, cudaStream_t stream);
+/* wp[Co, kk, Ci] = w[Co, Ci, kk] (kk = k*k taps) */
+cudaError_t zi_conv_pack_weight_cuda(void *wp, const void *w, int Co, int Ci, int kk, cudaStream_t stream);
+/* float2 slots of the partials scratch zi_groupnorm_stats_cuda needs (host function) */
+size_t zi_groupnorm_stats_partials(int B, int C, int HW, int G);
+/* stats[B*G] (float2: mean, rstd = 1/sqrt(biased var + eps)) of the groups of in[B,C,HW]; partials: device
+   float2[zi_groupnorm_stats_partials(B, C, HW, G)] scratch. Deterministic (no atomics). */
+cudaError_t zi_groupnorm_stats_cuda(float *stats, float *partials, const void *in, int B, int C, int HW, int G, float eps,
+                                    cudaStream_t stream);
+
 /* ---- normalisation (norm.cu) ---- */
 /* out[M,D] = in / sqrt(mean(in^2) + eps) (* w[D] if w) */
 cudaError_t zi_rmsnorm_cuda(void *out, const void *in, const void *w, int M, int D, float eps, cudaStream_t stream);

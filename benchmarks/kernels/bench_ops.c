@@ -2,11 +2,15 @@
  * bench_ops.c - micro-benchmark of the CUDA backend's heavy ops at Z-Image sizes, through the
  * ops table exactly as the model calls them: the DiT matmul (M=4128 tokens, K=N=3840), DiT
  * attention (S=4128, NH=30, HD=128), the VAE mid-block attention (S=128*128, NH=1, HD=512) and
- * two VAE 3x3 convs. Random bf16 inputs (never zeros), 3 warm-up calls, then the median of
- * REPS timed calls, each bracketed by a stream synchronize (host clock). Prints ms and TFLOP/s.
+ * the VAE decoder's convolutions at a 1024^2 image: every shape through im2col + cuBLASLt (the old
+ * path, "im2col") and the implicit-GEMM kernel (auto tile, then each tile configuration "t1".."t6"),
+ * the fused groupnorm+conv and upsample+conv ops, and the NCHW -> NHWC input packing alone.
+ * Random bf16 inputs (never zeros), 3 warm-up calls, then the median of REPS timed calls, each
+ * bracketed by a stream synchronize (host clock). Prints ms and TFLOP/s (GB/s for the packing).
  * Build and run: make -C benchmarks/kernels bench   (see the Makefile there); bench_ops [substring]
  */
 #include "ops.h"
+#include "zi_kernels.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,14 +46,40 @@ static void *rand_buf(ZiBackend *be, size_t n, float amp) {
     return d;
 }
 
+/* conv cases: a = Ci, b = H = W of the conv's input, c = Co, d = k; e = variant: -1 im2col, 0 auto tile,
+   1..6 tile, CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only */
+enum { CONV_GN = 100, CONV_UP, CONV_PACK };
 typedef enum { B_MATMUL, B_ATTN, B_CONV } Kind;
-typedef struct { Kind kind; int a, b, c, d, e; const char *what; } Case;
+typedef struct { Kind kind; int a, b, c, d, e; char what[64]; } Case;
+
+static void conv_env(int variant) {
+    char buf[8];
+    unsetenv("ZIMAGE_CONV");
+    unsetenv("ZIMAGE_CONV_TILE");
+    if (variant == -1) setenv("ZIMAGE_CONV", "im2col", 1);
+    if (variant >= 1 && variant <= 6) {
+        snprintf(buf, sizeof buf, "%d", variant);
+        setenv("ZIMAGE_CONV", "igemm", 1);
+        setenv("ZIMAGE_CONV_TILE", buf, 1);
+    }
+}
 
 static zi_status run(ZiBackend *be, const Case *c, void **buf) {
+    int pad = c->d / 2, Ci = c->a, H = c->b, Co = c->c, k = c->d;
     switch (c->kind) {
     case B_MATMUL: return be->ops->matmul(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->c);
     case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->b, c->c, 0, 0.0883883f);
-    default: return be->ops->conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, c->a, c->b, c->b, c->a, 3, 1);
+    default:
+        if (c->e == CONV_GN)
+            return be->ops->groupnorm_conv2d(be, buf[0], buf[1], buf[4], buf[5], buf[2], buf[3], 1, Ci, H, H, Co, k, pad,
+                                             32, 1e-6f, 1);
+        if (c->e == CONV_UP) return be->ops->upsample_conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, Ci, H / 2, H / 2, Co, k, pad);
+        if (c->e == CONV_PACK) {
+            cudaError_t e = zi_conv_pack_input_cuda(buf[0], buf[1], 1, Ci, H * H, NULL, 1, NULL, NULL, 0, 0);
+            if (e == cudaSuccess) e = cudaDeviceSynchronize();
+            return e == cudaSuccess ? ZI_OK : zi_fail(ZI_ERR_CUDA, "pack: %s", cudaGetErrorString(e));
+        }
+        return be->ops->conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, Ci, H, H, Co, k, pad);
     }
 }
 
@@ -60,21 +90,41 @@ int main(int argc, char **argv) {
         printf("SKIP: no CUDA device (%s)\n", zi_last_error());
         return 77;
     }
-    Case cases[] = {
+    Case cases[128] = {
         {B_MATMUL, 4128, 3840, 3840, 0, 0, "matmul M=4128 K=3840 N=3840 +bias"},
         {B_MATMUL, 4128, 3840, 10240, 0, 0, "matmul M=4128 K=3840 N=10240"},
         {B_MATMUL, 4128, 10240, 3840, 0, 0, "matmul M=4128 K=10240 N=3840"},
         {B_ATTN, 4128, 30, 128, 0, 0, "attention S=4128 NH=30 HD=128"},
         {B_ATTN, 16384, 1, 512, 0, 0, "attention S=16384 NH=1 HD=512 (VAE 1024^2)"},
         {B_ATTN, 4096, 1, 512, 0, 0, "attention S=4096 NH=1 HD=512 (VAE 512^2)"},
-        {B_CONV, 512, 128, 0, 0, 0, "conv2d 3x3 512->512 at 128x128"},
-        {B_CONV, 128, 1024, 0, 0, 0, "conv2d 3x3 128->128 at 1024x1024"},
     };
+    size_t ncases = 6;
+    void *conv_buf[6] = {0};
+    /* the decoder's convolutions at a 1024^2 image (Ci, size, Co, k), each through the old and new paths */
+    static const int shapes[][4] = {{512, 128, 512, 3}, {512, 256, 512, 3}, {512, 512, 512, 3}, {512, 512, 256, 3},
+                                    {256, 512, 256, 3}, {256, 1024, 256, 3}, {256, 1024, 128, 3}, {128, 1024, 128, 3},
+                                    {128, 1024, 3, 3},  {16, 128, 512, 3},   {256, 1024, 128, 1}, {512, 512, 256, 1}};
+    static const int variants[] = {-1, 0, 1, 2, 3, 4, 5, 6};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int *sh = shapes[i];
+        for (size_t v = 0; v < sizeof variants / sizeof variants[0]; v++) {
+            int var = variants[v];
+            if ((var == 6) != (sh[2] <= 32) && var > 0) continue; /* t6 is the small-Co tile */
+            Case *c = &cases[ncases++];
+            *c = (Case){B_CONV, sh[0], sh[1], sh[2], sh[3], var, ""};
+            snprintf(c->what, sizeof c->what, "conv%dx%d %d->%d @%d %s%.0d", sh[3], sh[3], sh[0], sh[2], sh[1],
+                     var == -1 ? "im2col" : var == 0 ? "igemm" : "t", var > 0 ? var : 0);
+        }
+    }
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_GN, "groupnorm_conv2d 128->128 @1024"};
+    cases[ncases++] = (Case){B_CONV, 256, 1024, 256, 3, CONV_UP, "upsample_conv2d 256->256 @512->1024"};
+    cases[ncases++] = (Case){B_CONV, 512, 512, 512, 3, CONV_UP, "upsample_conv2d 512->512 @256->512"};
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_PACK, "conv pack NCHW->NHWC 128ch @1024 (GB/s)"};
     printf("%-44s %10s %10s\n", "op", "median ms", "TFLOP/s");
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    for (size_t i = 0; i < ncases; i++) {
         const Case *c = &cases[i];
         if (filter && !strstr(c->what, filter)) continue;
-        void *buf[4] = {0};
+        void *buf[6] = {0};
         double flop;
         if (c->kind == B_MATMUL) {
             size_t M = c->a, K = c->b, N = c->c;
@@ -86,10 +136,15 @@ int main(int argc, char **argv) {
             for (int j = 0; j < 4; j++) buf[j] = rand_buf(be, n, 1);
             flop = 4.0 * c->a * (double)c->a * c->c * c->b;
         } else {
-            size_t C = c->a, P = (size_t)c->b * c->b;
-            buf[0] = rand_buf(be, C * P, 1), buf[1] = rand_buf(be, C * P, 1), buf[2] = rand_buf(be, C * C * 9, 0.02f);
-            buf[3] = rand_buf(be, C, 1);
-            flop = 2.0 * C * C * 9 * P;
+            size_t Ci = c->a, Co = c->c, P = (size_t)c->b * c->b, kk = (size_t)c->d * c->d;
+            if (!conv_buf[0]) { /* kept while the next case has the same shape */
+                conv_buf[0] = rand_buf(be, (Co > Ci ? Co : Ci) * P, 1), conv_buf[1] = rand_buf(be, Ci * P, 1);
+                conv_buf[2] = rand_buf(be, Co * Ci * kk, 0.02f), conv_buf[3] = rand_buf(be, Co, 1);
+                conv_buf[4] = rand_buf(be, Ci, 1), conv_buf[5] = rand_buf(be, Ci, 0.1f);
+            }
+            memcpy(buf, conv_buf, sizeof buf);
+            flop = c->e == CONV_PACK ? 4.0 * Ci * P * 1e3 : 2.0 * Ci * Co * kk * P; /* packing: bytes * 1000 */
+            conv_env(c->e);
         }
         double t[REPS];
         zi_status st = ZI_OK;
@@ -107,7 +162,13 @@ int main(int argc, char **argv) {
             qsort(t, REPS, sizeof t[0], cmp);
             printf("%-44s %10.3f %10.1f\n", c->what, t[REPS / 2] * 1e3, flop / t[REPS / 2] / 1e12);
         }
-        for (int j = 0; j < 4; j++) be->ops->free(be, buf[j]);
+        const Case *nx = i + 1 < ncases ? &cases[i + 1] : NULL;
+        int keep = c->kind == B_CONV && nx && nx->kind == B_CONV && nx->a == c->a && nx->b == c->b && nx->c == c->c &&
+                   nx->d == c->d && (!filter || strstr(nx->what, filter));
+        if (c->kind != B_CONV || !keep)
+            for (int j = 0; j < 6; j++) be->ops->free(be, buf[j]);
+        if (c->kind == B_CONV && !keep) memset(conv_buf, 0, sizeof conv_buf);
+        conv_env(0);
     }
     return 0;
 }

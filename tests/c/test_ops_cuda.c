@@ -441,24 +441,97 @@ done:
     ten_free(t, &back);
 }
 
-static void test_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, int bias) {
-    char name[96];
-    snprintf(name, sizeof name, "conv2d B=%d Ci=%d %dx%d Co=%d k=%d pad=%d%s", B, Ci, H, W, Co, k, pad, bias ? " +bias" : "");
+/* conv knobs of the CUDA backend (ops_cuda.c): mode "im2col" / "igemm" / NULL (auto), tile 0 (auto) or 1..6 */
+static void conv_knobs(const char *mode, int tile) {
+    char buf[16];
+    if (mode) setenv("ZIMAGE_CONV", mode, 1);
+    else unsetenv("ZIMAGE_CONV");
+    snprintf(buf, sizeof buf, "%d", tile);
+    if (tile) setenv("ZIMAGE_CONV_TILE", buf, 1);
+    else unsetenv("ZIMAGE_CONV_TILE");
+}
+
+/* inputs uniform in [-amp, amp) */
+static void test_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, int bias, float amp, const char *mode,
+                        int tile) {
+    char name[128];
+    snprintf(name, sizeof name, "conv2d B=%d Ci=%d %dx%d Co=%d k=%d pad=%d%s%s%s tile=%d amp=%g", B, Ci, H, W, Co, k, pad,
+             bias ? " +bias" : "", mode ? " " : "", mode ? mode : "", tile, amp);
     if (skip(name)) return;
     int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
     Ten x, w, b = {0}, y;
-    ten_rand(t, &x, (size_t)B * Ci * H * W, -1, 1, 0);
+    ten_rand(t, &x, (size_t)B * Ci * H * W, -amp, amp, 0);
     ten_rand(t, &w, (size_t)Co * Ci * k * k, -0.5f, 0.5f, 0);
     if (bias) ten_rand(t, &b, Co, -1, 1, 0);
     ten_out(t, &y, (size_t)B * Co * Ho * Wo, 0);
     t->cpu->ops->conv2d(t->cpu, y.c, x.c, w.c, bias ? b.c : NULL, B, Ci, H, W, Co, k, pad);
     t->cpu->ops->conv2d(t->cpu, y.r, x.r, w.r, bias ? b.r : NULL, B, Ci, H, W, Co, k, pad);
-    GPU_OK(t, name, t->gpu->ops->conv2d(t->gpu, y.d, x.d, w.d, bias ? b.d : NULL, B, Ci, H, W, Co, k, pad));
+    conv_knobs(mode, tile);
+    zi_status st = t->gpu->ops->conv2d(t->gpu, y.d, x.d, w.d, bias ? b.d : NULL, B, Ci, H, W, Co, k, pad);
+    conv_knobs(NULL, 0);
+    GPU_OK(t, name, st);
     check(t, name, &y);
 done:
     ten_free(t, &x);
     ten_free(t, &w);
     if (bias) ten_free(t, &b);
+    ten_free(t, &y);
+}
+
+/* conv2d(silu?(groupnorm(x))) with x uniform in [lo, hi) */
+static void test_groupnorm_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, int G, int silu, float lo,
+                                  float hi, const char *mode) {
+    char name[128];
+    snprintf(name, sizeof name, "groupnorm_conv2d B=%d Ci=%d %dx%d Co=%d k=%d G=%d%s x~[%g,%g)%s%s", B, Ci, H, W, Co, k,
+             G, silu ? " silu" : "", lo, hi, mode ? " " : "", mode ? mode : "");
+    if (skip(name)) return;
+    int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
+    Ten x, ga, be, w, b, y;
+    ten_rand(t, &x, (size_t)B * Ci * H * W, lo, hi, 0);
+    ten_rand(t, &ga, Ci, 0.5f, 1.5f, 0);
+    ten_rand(t, &be, Ci, -0.5f, 0.5f, 0);
+    ten_rand(t, &w, (size_t)Co * Ci * k * k, -0.5f, 0.5f, 0);
+    ten_rand(t, &b, Co, -1, 1, 0);
+    ten_out(t, &y, (size_t)B * Co * Ho * Wo, 0);
+    t->cpu->ops->groupnorm_conv2d(t->cpu, y.c, x.c, ga.c, be.c, w.c, b.c, B, Ci, H, W, Co, k, pad, G, 1e-6f, silu);
+    t->cpu->ops->groupnorm_conv2d(t->cpu, y.r, x.r, ga.r, be.r, w.r, b.r, B, Ci, H, W, Co, k, pad, G, 1e-6f, silu);
+    conv_knobs(mode, 0);
+    zi_status st = t->gpu->ops->groupnorm_conv2d(t->gpu, y.d, x.d, ga.d, be.d, w.d, b.d, B, Ci, H, W, Co, k, pad, G,
+                                                 1e-6f, silu);
+    conv_knobs(NULL, 0);
+    GPU_OK(t, name, st);
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &ga);
+    ten_free(t, &be);
+    ten_free(t, &w);
+    ten_free(t, &b);
+    ten_free(t, &y);
+}
+
+static void test_upsample_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, const char *mode) {
+    char name[128];
+    snprintf(name, sizeof name, "upsample_conv2d B=%d Ci=%d %dx%d Co=%d k=%d pad=%d%s%s", B, Ci, H, W, Co, k, pad,
+             mode ? " " : "", mode ? mode : "");
+    if (skip(name)) return;
+    int Ho = 2 * H + 2 * pad - k + 1, Wo = 2 * W + 2 * pad - k + 1;
+    Ten x, w, b, y;
+    ten_rand(t, &x, (size_t)B * Ci * H * W, -1, 1, 0);
+    ten_rand(t, &w, (size_t)Co * Ci * k * k, -0.5f, 0.5f, 0);
+    ten_rand(t, &b, Co, -1, 1, 0);
+    ten_out(t, &y, (size_t)B * Co * Ho * Wo, 0);
+    t->cpu->ops->upsample_conv2d(t->cpu, y.c, x.c, w.c, b.c, B, Ci, H, W, Co, k, pad);
+    t->cpu->ops->upsample_conv2d(t->cpu, y.r, x.r, w.r, b.r, B, Ci, H, W, Co, k, pad);
+    conv_knobs(mode, 0);
+    zi_status st = t->gpu->ops->upsample_conv2d(t->gpu, y.d, x.d, w.d, b.d, B, Ci, H, W, Co, k, pad);
+    conv_knobs(NULL, 0);
+    GPU_OK(t, name, st);
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &w);
+    ten_free(t, &b);
     ten_free(t, &y);
 }
 
@@ -905,11 +978,41 @@ int main(int argc, char **argv) {
     test_patch(&t, 16, 1, 6, 10, 1, 2, 2);
     test_patch(&t, 3, 2, 4, 4, 2, 2, 2);
 
-    test_conv2d(&t, 1, 3, 17, 19, 8, 3, 1, 1);
-    test_conv2d(&t, 2, 16, 8, 8, 32, 1, 0, 1);
-    test_conv2d(&t, 1, 33, 7, 5, 4, 3, 1, 0);
-    test_conv2d(&t, 1, 4, 5, 5, 6, 3, 0, 1);
-    test_conv2d(&t, 2, 64, 64, 64, 64, 3, 1, 1);
+    /* im2col + cuBLASLt: Ci % 8 != 0, plain 1x1 (auto), or forced */
+    test_conv2d(&t, 1, 3, 17, 19, 8, 3, 1, 1, 1, NULL, 0);
+    test_conv2d(&t, 2, 16, 8, 8, 32, 1, 0, 1, 1, NULL, 0);
+    test_conv2d(&t, 1, 33, 7, 5, 4, 3, 1, 0, 1, NULL, 0);
+    test_conv2d(&t, 1, 4, 5, 5, 6, 3, 0, 1, 1, NULL, 0);
+    test_conv2d(&t, 2, 64, 64, 64, 64, 3, 1, 1, 1, "im2col", 0);
+    /* implicit GEMM (kernels/conv.cu) */
+    test_conv2d(&t, 2, 64, 64, 64, 64, 3, 1, 1, 1, NULL, 0);
+    test_conv2d(&t, 1, 16, 16, 16, 128, 3, 1, 1, 1, NULL, 0);     /* conv_in: Ci below one k-block      */
+    test_conv2d(&t, 2, 128, 7, 13, 128, 3, 1, 1, 1, NULL, 0);     /* tiles cross images, scalar stores  */
+    test_conv2d(&t, 1, 256, 1, 1, 512, 3, 1, 1, 1, NULL, 0);      /* 1x1 image: only the centre tap     */
+    test_conv2d(&t, 1, 512, 9, 10, 256, 3, 1, 1, 1, NULL, 0);
+    test_conv2d(&t, 2, 128, 13, 7, 3, 3, 1, 1, 1, NULL, 0);       /* conv_out: Co = 3                   */
+    test_conv2d(&t, 3, 128, 8, 8, 20, 3, 1, 0, 1, NULL, 0);       /* 16-byte stores, partial N tile     */
+    test_conv2d(&t, 1, 16, 5, 6, 24, 3, 0, 1, 1, NULL, 0);        /* no padding                         */
+    test_conv2d(&t, 2, 256, 7, 13, 128, 1, 0, 1, 1, "igemm", 0);  /* 1x1 through the kernel             */
+    test_conv2d(&t, 2, 256, 7, 13, 128, 1, 0, 1, 1, NULL, 0);     /* 1x1 auto: cuBLASLt                 */
+    test_conv2d(&t, 1, 128, 12, 12, 128, 3, 1, 1, 1000, NULL, 0); /* large magnitude                    */
+    test_conv2d(&t, 1, 128, 64, 48, 256, 3, 1, 1, 1, NULL, 0);    /* many M tiles                       */
+    for (int tile = 1; tile <= 6; tile++) {                       /* every tile configuration           */
+        test_conv2d(&t, 2, 64, 20, 24, 256, 3, 1, 1, 1, NULL, tile);
+        test_conv2d(&t, 1, 40, 9, 11, 200, 3, 1, 1, 1, NULL, tile);
+    }
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, NULL);    /* vector packing        */
+    test_groupnorm_conv2d(&t, 1, 32, 7, 13, 16, 3, 1, 8, 0, -2, 2, NULL);      /* scalar packing        */
+    test_groupnorm_conv2d(&t, 1, 128, 96, 96, 32, 3, 1, 32, 1, -1, 1, NULL);   /* 5 chunks per group    */
+    test_groupnorm_conv2d(&t, 1, 128, 16, 16, 3, 3, 1, 32, 1, 9, 11, NULL);    /* mean >> std, Co = 3   */
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, "im2col");
+    test_groupnorm_conv2d(&t, 1, 6, 5, 7, 8, 3, 1, 3, 1, -1, 1, NULL);         /* Ci % 8: im2col        */
+    test_upsample_conv2d(&t, 2, 64, 5, 7, 32, 3, 1, NULL);
+    test_upsample_conv2d(&t, 1, 16, 1, 1, 8, 3, 1, NULL);
+    test_upsample_conv2d(&t, 1, 8, 3, 3, 16, 3, 0, NULL);
+    test_upsample_conv2d(&t, 1, 128, 16, 16, 128, 3, 1, NULL);
+    test_upsample_conv2d(&t, 1, 3, 4, 5, 4, 3, 1, NULL);                       /* Ci % 8: im2col        */
+    test_upsample_conv2d(&t, 2, 64, 5, 7, 32, 3, 1, "im2col");
     test_upsample(&t, 2, 3, 5, 7);
     test_copy2d(&t, 3, 17, 23);
     test_copy2d(&t, 1, 1, 1);
