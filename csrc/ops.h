@@ -93,12 +93,12 @@ typedef struct ZiOps {
                         int H, int W, int Co, int k, int pad);
     /* out[B,C,2H,2W] = nearest-neighbour 2x of in[B,C,H,W] */
     zi_status (*upsample2x)(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W);
-    /* out[B,Co,Ho,Wo] = conv2d(groupnorm(in[B,Ci,H,W]), w) + bias: the groupnorm op (G groups, * gamma + beta,
-       then SiLU if silu) and conv2d in one op; the normalised input (rounded to the activation type, as the two
-       ops would) need not be stored. out must not overlap in. */
-    zi_status (*groupnorm_conv2d)(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta,
-                                  const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k, int pad,
-                                  int G, float eps, int silu);
+    /* out[B,Co,Ho,Wo] = conv2d(groupnorm(in[B,Ci,H,W]), w) + bias (+ res[B,Co,Ho,Wo] if res): the groupnorm op (G
+       groups, * gamma + beta, then SiLU if silu), conv2d and add in one op, rounded to the activation type where the
+       separate ops would round; the normalised input need not be stored. out must not overlap in; res may be out. */
+    zi_status (*groupnorm_conv2d)(ZiBackend *be, void *out, const void *in, const void *res, const void *gamma,
+                                  const void *beta, const void *w, const void *bias, int B, int Ci, int H, int W, int Co,
+                                  int k, int pad, int G, float eps, int silu);
     /* out[B,Co,Ho,Wo] = conv2d(upsample2x(in[B,Ci,H,W]), w) + bias, Ho = 2H + 2 pad - k + 1: the two ops in one;
        the 2x input need not be stored. out must not overlap in. */
     zi_status (*upsample_conv2d)(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B,

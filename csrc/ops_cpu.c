@@ -388,18 +388,24 @@ static zi_status cpu_upsample2x(ZiBackend *be, void *out, const void *in, int B,
     return ZI_OK;
 }
 
-/* the two ops through a temporary holding the first one's output */
-static zi_status cpu_groupnorm_conv2d(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta,
-                                      const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k,
-                                      int pad, int G, float eps, int silu) {
+/* the ops one after the other through temporaries: the normalised input, the conv output when res */
+static zi_status cpu_groupnorm_conv2d(ZiBackend *be, void *out, const void *in, const void *res, const void *gamma,
+                                      const void *beta, const void *w, const void *bias, int B, int Ci, int H, int W,
+                                      int Co, int k, int pad, int G, float eps, int silu) {
     zi_status st = ZI_OK;
-    float *t = NULL;
+    float *t = NULL, *y = NULL;
+    size_t n = (size_t)B * Co * (H + 2 * pad - k + 1) * (W + 2 * pad - k + 1);
     if (G <= 0) return zi_fail(ZI_ERR_ARG, "groupnorm_conv2d: %d groups", G);
+    if (H + 2 * pad - k + 1 <= 0 || W + 2 * pad - k + 1 <= 0)
+        return zi_fail(ZI_ERR_ARG, "groupnorm_conv2d: kernel %d larger than padded input %dx%d", k, H, W);
     ZI_TRY(cpu_alloc(be, (void **)&t, (size_t)B * Ci * H * W * sizeof(float)));
+    if (res) ZI_TRY(cpu_alloc(be, (void **)&y, n * sizeof(float)));
     ZI_TRY(cpu_groupnorm(be, t, in, gamma, beta, B, Ci, H * W, G, eps, silu));
-    ZI_TRY(cpu_conv2d(be, out, t, w, bias, B, Ci, H, W, Co, k, pad));
+    ZI_TRY(cpu_conv2d(be, res ? y : out, t, w, bias, B, Ci, H, W, Co, k, pad));
+    if (res) ZI_TRY(cpu_add(be, out, y, res, n));
 fail:
     free(t);
+    free(y);
     return st;
 }
 

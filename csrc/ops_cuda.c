@@ -748,6 +748,7 @@ typedef struct ConvPre {
     int G, silu;
     float eps;
     int up;                          /* nearest 2x upsample of the input first               */
+    const void *res;                 /* added to the (rounded) output, or NULL; may be out   */
 } ConvPre;
 
 /* Env ZIMAGE_CONV (read per call, a lab knob for benchmarks and tests): "im2col" sends every conv
@@ -769,7 +770,8 @@ static size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 /* The implicit GEMM (kernels/conv.cu): cu->col holds the NHWC input [B, H*W, Ci] (after the groupnorm,
    when pre->norm), the weights as [Co, k*k, Ci] and the groupnorm statistics. The pre-step's output is
-   never stored in NCHW; the upsample is read through the kernel's addressing. Caller holds the lock. */
+   never stored in NCHW; the upsample is read through the kernel's addressing; the residual is added in
+   the kernel's epilogue. Caller holds the lock. */
 static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
                               int H, int W, int Co, int k, int pad, const ConvPre *pre) {
     zi_status st = ZI_OK;
@@ -782,7 +784,7 @@ static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void 
     if (pre->norm) CU_TRY(zi_groupnorm_stats_cuda(stats, partials, in, B, Ci, (int)HW, pre->G, pre->eps, cu->stream));
     CU_TRY(zi_conv_pack_input_cuda(xin, in, B, Ci, (int)HW, stats, pre->G, pre->gamma, pre->beta, pre->silu, cu->stream));
     CU_TRY(zi_conv_pack_weight_cuda(wp, w, Co, Ci, k * k, cu->stream));
-    CU_TRY(zi_conv2d_igemm_cuda(out, xin, wp, bias, B, Ci, H, W, Co, k, pad, pre->up, conv_tile(), cu->stream));
+    CU_TRY(zi_conv2d_igemm_cuda(out, xin, wp, bias, pre->res, B, Ci, H, W, Co, k, pad, pre->up, conv_tile(), cu->stream));
 fail:
     return st;
 }
@@ -793,7 +795,8 @@ fail:
    conv uses the input as col directly; otherwise im2col fills at most IM2COL_BYTES of columns at
    a time. The bias is per Co (per column here), which the epilogue cannot add: the output is
    filled with the bias first and the GEMM accumulates onto it (beta = 1). A pre step is materialised
-   first (NCHW, at the start of cu->col; the columns follow it). Caller holds the lock. */
+   first (NCHW, at the start of cu->col); with a residual the conv goes to scratch (after it) and an add
+   writes out; the columns come last. Caller holds the lock. */
 static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
                                int H, int W, int Co, int k, int pad, const ConvPre *pre) {
     zi_status st = ZI_OK;
@@ -801,6 +804,7 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
     int Ho = Hc + 2 * pad - k + 1, Wo = Wc + 2 * pad - k + 1;
     size_t P = (size_t)Ho * Wo, Kc = (size_t)Ci * k * k;
     size_t pb = pre->norm || pre->up ? align256((size_t)B * Ci * Hc * Wc * 2) : 0; /* the pre step's output */
+    size_t ob = pre->res ? align256((size_t)B * Co * Ho * Wo * 2) : 0;              /* the conv's, with res  */
     float beta = 0.0f;
     int direct = k == 1 && pad == 0;
     size_t chunk = P;
@@ -808,7 +812,7 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
         chunk = IM2COL_BYTES / (Kc * 2) & ~(size_t)255;
         if (chunk < 256) chunk = 256;
     }
-    ZI_TRY(scratch_reserve(cu, &cu->col, pb + (direct ? 0 : Kc * chunk * 2)));
+    ZI_TRY(scratch_reserve(cu, &cu->col, pb + ob + (direct ? 0 : Kc * chunk * 2)));
     if (pre->norm) {
         ZI_TRY(scratch_reserve(cu, &cu->stats, sizeof(double) * 2 * (size_t)B * pre->G));
         CU_TRY(zi_groupnorm_cuda(cu->col.p, in, pre->gamma, pre->beta, B, Ci, (size_t)H * W, pre->G, pre->eps, pre->silu,
@@ -818,7 +822,8 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
         CU_TRY(zi_upsample2x_cuda(cu->col.p, in, B, Ci, H, W, cu->stream));
         in = cu->col.p;
     }
-    void *col = (char *)cu->col.p + pb;
+    void *col = (char *)cu->col.p + pb + ob, *res_out = out;
+    if (pre->res) out = (char *)cu->col.p + pb;
     if (bias) {
         CU_TRY(zi_fill_planes_cuda(out, bias, B, Co, P, cu->stream));
         beta = 1.0f;
@@ -839,6 +844,7 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
                                Co, Kc);
         }
     }
+    if (pre->res) CU_TRY(zi_binary_cuda(res_out, out, pre->res, ZI_BINARY_ADD, (size_t)B * Co * P, cu->stream));
 fail:
     return st;
 }
@@ -877,10 +883,10 @@ static zi_status cuda_conv2d(ZiBackend *be, void *out, const void *in, const voi
     return conv2d_pre(be, out, in, w, bias, B, Ci, H, W, Co, k, pad, &pre, "conv2d");
 }
 
-static zi_status cuda_groupnorm_conv2d(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta,
-                                       const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k,
-                                       int pad, int G, float eps, int silu) {
-    ConvPre pre = {.norm = 1, .gamma = gamma, .beta = beta, .G = G, .silu = silu, .eps = eps};
+static zi_status cuda_groupnorm_conv2d(ZiBackend *be, void *out, const void *in, const void *res, const void *gamma,
+                                       const void *beta, const void *w, const void *bias, int B, int Ci, int H, int W,
+                                       int Co, int k, int pad, int G, float eps, int silu) {
+    ConvPre pre = {.norm = 1, .gamma = gamma, .beta = beta, .G = G, .silu = silu, .eps = eps, .res = res};
     return conv2d_pre(be, out, in, w, bias, B, Ci, H, W, Co, k, pad, &pre, "groupnorm_conv2d");
 }
 

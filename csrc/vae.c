@@ -34,8 +34,8 @@ struct VaeModel {
     size_t cap[VAE_NACTS];      /* elements per buffer below, in this order                  */
     struct {
         void *x;            /* residual stream: block inputs/outputs (swaps with h)       */
-        void *h;            /* conv2 outputs, upsample conv output, GroupNorm out, q      */
-        void *y;            /* conv1 / shortcut outputs, attention tokens, image (or tile) */
+        void *h;            /* shortcut / upsample conv outputs, GroupNorm out, q         */
+        void *y;            /* conv1 outputs, attention tokens / output, image (or tile)  */
         void *k, *v;        /* attention keys / values [N, C0]                            */
         void *z;            /* latent sample [L, h, w]                                    */
         void *zq;           /* post_quant_conv output [L, h, w] (of the tile when tiled)  */
@@ -321,17 +321,12 @@ static zi_status vae_resnet(VaeModel *m, const VaeResnet *r, int H, int W) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
-    int G = m->cfg.norm_num_groups, ci = r->ci, co = r->co, HW = H * W;
-    ZI_TRY(op->groupnorm_conv2d(be, m->t.y, m->t.x, r->norm1_w, r->norm1_b, r->conv1_w, r->conv1_b, 1, ci, H, W, co, 3,
-                                1, G, VAE_EPS, 1));                                   /* y [co, HW] conv1(silu(norm1 x)) */
-    ZI_TRY(op->groupnorm_conv2d(be, m->t.h, m->t.y, r->norm2_w, r->norm2_b, r->conv2_w, r->conv2_b, 1, co, H, W, co, 3,
-                                1, G, VAE_EPS, 1));                                   /* h [co, HW] conv2(silu(norm2 y)) */
-    if (r->short_w) {
-        ZI_TRY(op->conv2d(be, m->t.y, m->t.x, r->short_w, r->short_b, 1, ci, H, W, co, 1, 0)); /* y [co, HW] 1x1 */
-        ZI_TRY(op->add(be, m->t.x, m->t.y, m->t.h, (size_t)co * HW));                          /* x = y + h      */
-    } else {
-        ZI_TRY(op->add(be, m->t.x, m->t.x, m->t.h, (size_t)co * HW));                          /* x = x + h      */
-    }
+    int G = m->cfg.norm_num_groups, ci = r->ci, co = r->co;
+    ZI_TRY(op->groupnorm_conv2d(be, m->t.y, m->t.x, NULL, r->norm1_w, r->norm1_b, r->conv1_w, r->conv1_b, 1, ci, H, W,
+                                co, 3, 1, G, VAE_EPS, 1));                            /* y [co, HW] conv1(silu(norm1 x)) */
+    if (r->short_w) ZI_TRY(op->conv2d(be, m->t.h, m->t.x, r->short_w, r->short_b, 1, ci, H, W, co, 1, 0)); /* h 1x1 */
+    ZI_TRY(op->groupnorm_conv2d(be, m->t.x, m->t.y, r->short_w ? m->t.h : m->t.x, r->norm2_w, r->norm2_b, r->conv2_w,
+                                r->conv2_b, 1, co, H, W, co, 3, 1, G, VAE_EPS, 1));   /* x = (h or x) + conv2(silu(norm2 y)) */
 fail:
     return st;
 }
@@ -392,7 +387,7 @@ static zi_status vae_decode_one(VaeModel *m, void *out, const void *z, int h, in
 
     /* conv_norm_out, SiLU, conv_out */
     int Cl = c->block_out_channels[0];
-    ZI_TRY(op->groupnorm_conv2d(be, out, m->t.x, wt->norm_out_w, wt->norm_out_b, wt->conv_out_w, wt->conv_out_b, 1, Cl,
+    ZI_TRY(op->groupnorm_conv2d(be, out, m->t.x, NULL, wt->norm_out_w, wt->norm_out_b, wt->conv_out_w, wt->conv_out_b, 1, Cl,
                                 H, W, c->out_channels, 3, 1, c->norm_num_groups, VAE_EPS, 1)); /* out [Co, H, W] */
 fail:
     return st;

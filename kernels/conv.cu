@@ -15,8 +15,9 @@
  * warps of (BM/WM) x (BN/WN), mma.sync m16n8k16 bf16 with fp32 accumulators (sm_80+), ldmatrix
  * fragments, a STAGES-deep cp.async pipeline of A and B tiles (16-byte copies, zero-fill at image
  * borders, past Ci and past Co), rows padded by 16 bytes so ldmatrix is free of bank conflicts.
- * Epilogue: + bias, round to bf16, transpose through shared memory, 16-byte NCHW stores.
- * Needs Ci % 8 == 0 and 16-byte aligned x and w (the packed scratch); any Co, k, pad, H, W, B.
+ * Epilogue: + bias, round to bf16, transpose through shared memory, 16-byte NCHW stores, optionally
+ * + a residual (rounded again, as a separate add would). Needs Ci % 8 == 0 and 16-byte aligned x and w
+ * (the packed scratch); any Co, k, pad, H, W, B. conv_smallco_kernel: Co <= 4 (conv_out) on CUDA cores.
  */
 #include "common.cuh"
 
@@ -55,6 +56,7 @@ struct ConvArgs {
     const bf16 *x;        /* [B, Hs, Ws, Ci] NHWC                                */
     const bf16 *w;        /* [Co, k*k, Ci]                                       */
     const bf16 *bias;     /* [Co] or NULL                                        */
+    const bf16 *res;      /* [B, Co, Ho, Wo] added after the rounding, or NULL   */
     int M;                /* B*Ho*Wo output pixels                               */
     int Ci, Co, k, pad, up;
     int H, W;             /* the conv's input size (2Hs x 2Ws when up)           */
@@ -90,23 +92,19 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
     const int m0 = tile_m * BM, n0 = tile_n * BN, q = tid % C::CPR, r0 = tid / C::CPR;
     const int HoWo = p.Ho * p.Wo, kk = p.k * p.k, cpt = (p.Ci + BK - 1) / BK, nk = kk * cpt;
 
-    /* the output pixels of this thread's A rows: image offset (in source pixels), y, x (y far negative: no pixel) */
-    int a_img[C::A_ROWS], a_y[C::A_ROWS], a_x[C::A_ROWS];
+    /* the output pixels of this thread's A rows: image offset (in source pixels) and y << 16 | x
+       (y = 0x7fff: no pixel; H, W < 0x7ff0 is checked by the launcher, so every tap of it is outside) */
+    int a_img[C::A_ROWS], a_yx[C::A_ROWS];
 #pragma unroll
     for (int i = 0; i < C::A_ROWS; i++) {
         int m = m0 + r0 + i * C::RSTEP;
         int b = m / HoWo, pix = m - b * HoWo;
         a_img[i] = b * p.Hs * p.Ws;
-        a_y[i] = m < p.M ? pix / p.Wo : -(1 << 28);
-        a_x[i] = pix % p.Wo;
+        a_yx[i] = m < p.M ? (pix / p.Wo) << 16 | (pix % p.Wo) : 0x7fff << 16;
     }
-    /* this thread's B rows: weight row pointer, or NULL past Co */
-    const bf16 *b_row[C::B_ROWS];
-#pragma unroll
-    for (int i = 0; i < C::B_ROWS; i++) {
-        int co = n0 + r0 + i * C::RSTEP;
-        b_row[i] = co < p.Co ? p.w + (size_t)co * kk * p.Ci : nullptr;
-    }
+    /* this thread's B rows are output channels n0 + r0 + i*RSTEP: one base pointer, rows RSTEP*k*k*Ci apart */
+    const bf16 *b_base = p.w + (size_t)(n0 + r0) * kk * p.Ci;
+    const size_t b_step = (size_t)C::RSTEP * kk * p.Ci;
 
     /* loader position: k-block (tap = ky*k + kx, channels c0 .. c0+BK) */
     int ld_tap = 0, ld_ky = 0, ld_kx = 0, ld_c0 = 0;
@@ -116,15 +114,15 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
         bool c_ok = c < p.Ci;
 #pragma unroll
         for (int i = 0; i < C::A_ROWS; i++) {
-            int yi = a_y[i] + ld_ky - p.pad, xi = a_x[i] + ld_kx - p.pad;
+            int yi = (a_yx[i] >> 16) + ld_ky - p.pad, xi = (a_yx[i] & 0xffff) + ld_kx - p.pad;
             bool v = c_ok && (unsigned)yi < (unsigned)p.H && (unsigned)xi < (unsigned)p.W;
             const bf16 *src = v ? p.x + ((size_t)(a_img[i] + (yi >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
             cp_async16(As + (r0 + i * C::RSTEP) * C::LDS + q * 8, src, v);
         }
 #pragma unroll
         for (int i = 0; i < C::B_ROWS; i++) {
-            bool v = c_ok && b_row[i] != nullptr;
-            const bf16 *src = v ? b_row[i] + (size_t)ld_tap * p.Ci + c : p.w;
+            bool v = c_ok && n0 + r0 + i * C::RSTEP < p.Co;
+            const bf16 *src = v ? b_base + i * b_step + (size_t)ld_tap * p.Ci + c : p.w;
             cp_async16(Bs + (r0 + i * C::RSTEP) * C::LDS + q * 8, src, v);
         }
         ld_c0 += BK;
@@ -196,19 +194,31 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
     }
     __syncthreads(); /* the whole output tile is in shared memory before rows of it are stored */
 
-    /* out[b, co, pix] for 8 pixels per step: one 16-byte store when they are in one image and aligned */
+    /* out[b, co, pix] for 8 pixels per step (+ res, rounded again: what a separate add op computes):
+       one 16-byte access when they are in one image and aligned */
     for (int i = tid; i < BN * (BM / 8); i += C::NT) {
         int n = i / (BM / 8), mc = (i % (BM / 8)) * 8, co = n0 + n, m = m0 + mc;
         if (co >= p.Co || m >= p.M) continue;
         const bf16 *src = Cs + n * C::LDC + mc;
         if (p.out_vec) { /* M and HoWo are multiples of 8: the 8 pixels exist and share an image */
             int b = m / HoWo;
-            *reinterpret_cast<uint4 *>(p.out + ((size_t)b * p.Co + co) * HoWo + (m - b * HoWo)) =
-                *reinterpret_cast<const uint4 *>(src);
+            size_t o = ((size_t)b * p.Co + co) * HoWo + (m - b * HoWo);
+            uint4 v = *reinterpret_cast<const uint4 *>(src);
+            if (p.res) {
+                float a[8], r[8];
+                ld8(a, reinterpret_cast<const bf16 *>(&v));
+                ld8(r, p.res + o);
+#pragma unroll
+                for (int j = 0; j < 8; j++) a[j] += r[j];
+                st8(p.out + o, a);
+            } else {
+                *reinterpret_cast<uint4 *>(p.out + o) = v;
+            }
         } else {
             for (int j = 0; j < 8 && m + j < p.M; j++) {
                 int b = (m + j) / HoWo;
-                p.out[((size_t)b * p.Co + co) * HoWo + (m + j - b * HoWo)] = src[j];
+                size_t o = ((size_t)b * p.Co + co) * HoWo + (m + j - b * HoWo);
+                p.out[o] = p.res ? f2b(b2f(src[j]) + b2f(p.res[o])) : src[j];
             }
         }
     }
@@ -228,15 +238,66 @@ static cudaError_t launch_igemm(ConvArgs p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
-/* shared memory per block of each configuration, for the device check in the launcher */
+/* Co <= 4 output channels (the VAE's conv_out): a tensor-core tile would be almost all padding, so one
+   thread per output pixel accumulates its CO outputs in fp32 on the CUDA cores. The weights sit in shared
+   memory as float [k*k][Ci][CO]; all threads read the same ones (broadcasts). The input comes through L1:
+   neighbouring threads read neighbouring pixels, which the taps share. */
+#define SMALL_CO 4
+template <int CO>
+__global__ void __launch_bounds__(256) conv_smallco_kernel(ConvArgs p) {
+    extern __shared__ float conv_ws[];
+    const int kk = p.k * p.k, nw = kk * p.Ci * CO;
+    for (int i = threadIdx.x; i < nw; i += blockDim.x) {
+        int co = i % CO, c = (i / CO) % p.Ci, t = i / (CO * p.Ci);
+        conv_ws[i] = co < p.Co ? b2f(p.w[((size_t)co * kk + t) * p.Ci + c]) : 0.0f;
+    }
+    __syncthreads(); /* the weights are in shared memory */
+    int m = blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= p.M) return;
+    int HoWo = p.Ho * p.Wo, b = m / HoWo, pix = m - b * HoWo, yo = pix / p.Wo, xo = pix % p.Wo;
+    const bf16 *img = p.x + (size_t)b * p.Hs * p.Ws * p.Ci;
+    float acc[CO];
+#pragma unroll
+    for (int co = 0; co < CO; co++) acc[co] = 0.0f;
+    for (int ky = 0; ky < p.k; ky++) {
+        int yi = yo + ky - p.pad;
+        if ((unsigned)yi >= (unsigned)p.H) continue;
+        for (int kx = 0; kx < p.k; kx++) {
+            int xi = xo + kx - p.pad;
+            if ((unsigned)xi >= (unsigned)p.W) continue;
+            const bf16 *src = img + ((size_t)(yi >> p.up) * p.Ws + (xi >> p.up)) * p.Ci;
+            const float *wt = conv_ws + (ky * p.k + kx) * p.Ci * CO;
+            for (int c = 0; c < p.Ci; c += 8) {
+                float v[8];
+                ld8(v, src + c);
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int co = 0; co < CO; co++) acc[co] += v[j] * wt[(c + j) * CO + co];
+            }
+        }
+    }
+#pragma unroll
+    for (int co = 0; co < CO; co++) {
+        if (co >= p.Co) break;
+        size_t o = ((size_t)b * p.Co + co) * HoWo + pix;
+        bf16 r = f2b(acc[co] + (p.bias ? b2f(p.bias[co]) : 0.0f));
+        p.out[o] = p.res ? f2b(b2f(r) + b2f(p.res[o])) : r;
+    }
+}
+
+/* Tile configurations (id, BM, BN, BK, WM, WN, STAGES), measured in benchmarks/kernels/README.md.
+   1: the default where shared memory is 99 KB (sm_86, sm_89); 6: Co <= 32; 4, 5, 7, 8: sm_80 / sm_90. */
 #define CONV_CFG_LIST(X)                  \
     X(1, 128, 128, 32, 2, 4, 4)           \
-    X(2, 256, 128, 32, 4, 2, 4)           \
-    X(3, 128, 256, 32, 2, 4, 4)           \
     X(4, 256, 128, 64, 4, 2, 3)           \
     X(5, 128, 128, 64, 2, 4, 3)           \
-    X(6, 128, 32, 32, 4, 1, 4)
+    X(6, 128, 32, 32, 4, 1, 4)            \
+    X(7, 128, 128, 64, 2, 2, 3)           \
+    X(8, 256, 128, 64, 4, 2, 4)
+#define CONV_TILE_SMALLCO 9               /* conv_smallco_kernel */
 
+/* shared memory per block of a configuration (0: no such id) */
 static size_t conv_tile_smem(int tile) {
 #define X(id, bm, bn, bk, wm, wn, st) \
     if (tile == id) return ConvCfg<bm, bn, bk, wm, wn, st>::SMEM;
@@ -245,18 +306,25 @@ static size_t conv_tile_smem(int tile) {
     return 0;
 }
 
-extern "C" cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, int B, int Ci,
-                                            int H, int W, int Co, int k, int pad, int up, int tile,
+extern "C" cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, const void *res,
+                                            int B, int Ci, int H, int W, int Co, int k, int pad, int up, int tile,
                                             cudaStream_t stream) {
     int Hc = up ? 2 * H : H, Wc = up ? 2 * W : W; /* the conv's input size */
     int Ho = Hc + 2 * pad - k + 1, Wo = Wc + 2 * pad - k + 1;
     if (B <= 0 || Co <= 0 || Ho <= 0 || Wo <= 0) return cudaSuccess;
-    if (Ci <= 0 || Ci % 8 || !is_aligned16(x) || !is_aligned16(w) || k <= 0) return cudaErrorInvalidValue;
-    if ((size_t)B * Ho * Wo > 0x7fffffffu - 512 || (size_t)B * H * W > 0x7fffffffu || (size_t)Co * k * k * Ci > 0x7fffffffu)
+    if (Ci <= 0 || Ci % 8 || !is_aligned16(x) || !is_aligned16(w) || k <= 0 || pad < 0) return cudaErrorInvalidValue;
+    if ((size_t)B * Ho * Wo > 0x7fffffffu - 512 || (size_t)B * H * W > 0x7fffffffu ||
+        (size_t)Co * k * k * Ci > 0x7fffffffu || Hc + pad >= 0x7ff0 || Wc + pad >= 0x7ff0)
         return cudaErrorInvalidValue;
-    ConvArgs p = {(bf16 *)out, (const bf16 *)x, (const bf16 *)w, (const bf16 *)bias, B * Ho * Wo, Ci, Co, k, pad,
-                  up ? 1 : 0, Hc, Wc, H, W, Ho, Wo, 0, (Ho * Wo) % 8 == 0 && is_aligned16(out)};
-    if (tile <= 0) tile = Co <= 32 ? 6 : Co % 256 == 0 ? 3 : 2;
+    ConvArgs p = {(bf16 *)out, (const bf16 *)x, (const bf16 *)w, (const bf16 *)bias, (const bf16 *)res, B * Ho * Wo,
+                  Ci, Co, k, pad, up ? 1 : 0, Hc, Wc, H, W, Ho, Wo, 0,
+                  (Ho * Wo) % 8 == 0 && is_aligned16(out) && (!res || is_aligned16(res))};
+    size_t smallco_smem = (size_t)k * k * Ci * SMALL_CO * sizeof(float);
+    if (tile <= 0) tile = Co <= SMALL_CO && smallco_smem <= 48 * 1024 ? CONV_TILE_SMALLCO : Co <= 32 ? 6 : Ci < 64 ? 1 : 4;
+    if (tile == CONV_TILE_SMALLCO && Co <= SMALL_CO && smallco_smem <= 48 * 1024) {
+        conv_smallco_kernel<SMALL_CO><<<(unsigned)((p.M + 255) / 256), 256, smallco_smem, stream>>>(p);
+        return cudaGetLastError();
+    }
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);

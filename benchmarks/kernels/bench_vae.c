@@ -67,11 +67,12 @@ static zi_status t_conv2d(ZiBackend *be, void *out, const void *in, const void *
     TIMED("conv2d", real->conv2d(be, out, in, w, bias, B, Ci, H, W, Co, k, pad), "conv2d %dx%d %d->%d @%dx%d", k, k, Ci,
           Co, H, W);
 }
-static zi_status t_gn_conv2d(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta,
-                             const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k, int pad, int G,
-                             float eps, int silu) {
-    TIMED("groupnorm_conv2d", real->groupnorm_conv2d(be, out, in, gamma, beta, w, bias, B, Ci, H, W, Co, k, pad, G, eps, silu),
-          "groupnorm_conv2d %dx%d %d->%d @%dx%d", k, k, Ci, Co, H, W);
+static zi_status t_gn_conv2d(ZiBackend *be, void *out, const void *in, const void *res, const void *gamma,
+                             const void *beta, const void *w, const void *bias, int B, int Ci, int H, int W, int Co, int k,
+                             int pad, int G, float eps, int silu) {
+    TIMED("groupnorm_conv2d",
+          real->groupnorm_conv2d(be, out, in, res, gamma, beta, w, bias, B, Ci, H, W, Co, k, pad, G, eps, silu),
+          "groupnorm_conv2d %dx%d %d->%d @%dx%d%s", k, k, Ci, Co, H, W, res ? " +res" : "");
 }
 static zi_status t_up_conv2d(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
                              int H, int W, int Co, int k, int pad) {

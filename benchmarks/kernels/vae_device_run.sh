@@ -2,8 +2,8 @@
 # One device call for the VAE convolution work (kernels/conv.cu): build the kernel lab and the extension
 # for sm_90a, run the CUDA parity test (ZIMAGE_SYNC=1), the conv benchmarks (old im2col path, the
 # implicit GEMM with each tile configuration, the fused ops), one whole 1024^2 decode broken down per
-# op (new path, then ZIMAGE_CONV=im2col), the pytest suite, and compute-sanitizer memcheck over the
-# conv cases. Six logs go to $OUT. Usage (repo root): OUT=/tmp/out bash benchmarks/kernels/vae_device_run.sh
+# op (auto tiles, every conv forced to tile 5, 7 and 8, then ZIMAGE_CONV=im2col), the pytest suite,
+# and compute-sanitizer memcheck over the 7x13 conv cases (scalar paths). Six logs go to $OUT. Usage (repo root): OUT=/tmp/out bash benchmarks/kernels/vae_device_run.sh
 set -u
 OUT=${OUT:-/tmp/zi_vae_out}
 mkdir -p "$OUT"
@@ -20,9 +20,10 @@ echo "test rc=$?"; grep -E "FAIL|passed" "$OUT/test.log"
 timeout 150 $B/bench_ops conv > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
 wait $CK; cat /tmp/zi_ckpt.log
 timeout 60 $B/bench_vae /tmp/zi_vae > "$OUT/vae.log" 2>&1; echo "bench_vae rc=$?"
+for t in 5 7 8; do ZIMAGE_CONV_TILE=$t timeout 60 $B/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv tile $t)/" >> "$OUT/vae.log" 2>&1; done
 ZIMAGE_CONV=im2col timeout 60 $B/bench_vae /tmp/zi_vae >> "$OUT/vae.log" 2>&1; echo "bench_vae im2col rc=$?"
 wait $EXT; cat /tmp/zi_ext_build.log >> "$OUT/build.log"; tail -2 /tmp/zi_ext_build.log
 PYTHONUNBUFFERED=1 timeout 300 python3 -m pytest -q tests > "$OUT/pytest.log" 2>&1; echo "pytest rc=$?"; tail -3 "$OUT/pytest.log"
 timeout 120 compute-sanitizer --tool memcheck $B/test_ops_cuda 7x13 > "$OUT/memcheck.log" 2>&1
 echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log"
-cat "$OUT/bench.log"; grep -v "^ *$" "$OUT/vae.log" | head -45; grep -E "VAE decode|per kind|sum of" "$OUT/vae.log"
+cat "$OUT/bench.log"; grep -v "^ *$" "$OUT/vae.log" | head -40; grep -E "VAE decode|per kind|sum of" "$OUT/vae.log"

@@ -478,25 +478,31 @@ done:
     ten_free(t, &y);
 }
 
-/* conv2d(silu?(groupnorm(x))) with x uniform in [lo, hi) */
+/* conv2d(silu?(groupnorm(x))) with x uniform in [lo, hi); res: 0 none, 1 a residual tensor, 2 in place (res = out) */
 static void test_groupnorm_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, int G, int silu, float lo,
-                                  float hi, const char *mode) {
+                                  float hi, int res, const char *mode) {
     char name[128];
-    snprintf(name, sizeof name, "groupnorm_conv2d B=%d Ci=%d %dx%d Co=%d k=%d G=%d%s x~[%g,%g)%s%s", B, Ci, H, W, Co, k,
-             G, silu ? " silu" : "", lo, hi, mode ? " " : "", mode ? mode : "");
+    snprintf(name, sizeof name, "groupnorm_conv2d B=%d Ci=%d %dx%d Co=%d k=%d G=%d%s x~[%g,%g)%s%s%s", B, Ci, H, W, Co,
+             k, G, silu ? " silu" : "", lo, hi, res == 1 ? " +res" : res == 2 ? " +res in place" : "", mode ? " " : "",
+             mode ? mode : "");
     if (skip(name)) return;
     int Ho = H + 2 * pad - k + 1, Wo = W + 2 * pad - k + 1;
-    Ten x, ga, be, w, b, y;
+    size_t ny = (size_t)B * Co * Ho * Wo;
+    Ten x, ga, be, w, b, y, r = {0};
     ten_rand(t, &x, (size_t)B * Ci * H * W, lo, hi, 0);
     ten_rand(t, &ga, Ci, 0.5f, 1.5f, 0);
     ten_rand(t, &be, Ci, -0.5f, 0.5f, 0);
     ten_rand(t, &w, (size_t)Co * Ci * k * k, -0.5f, 0.5f, 0);
     ten_rand(t, &b, Co, -1, 1, 0);
-    ten_out(t, &y, (size_t)B * Co * Ho * Wo, 0);
-    t->cpu->ops->groupnorm_conv2d(t->cpu, y.c, x.c, ga.c, be.c, w.c, b.c, B, Ci, H, W, Co, k, pad, G, 1e-6f, silu);
-    t->cpu->ops->groupnorm_conv2d(t->cpu, y.r, x.r, ga.r, be.r, w.r, b.r, B, Ci, H, W, Co, k, pad, G, 1e-6f, silu);
+    if (res == 1) ten_rand(t, &r, ny, -2, 2, 0);
+    if (res == 2) ten_rand(t, &y, ny, -2, 2, 0); /* the residual, overwritten by the output */
+    else ten_out(t, &y, ny, 0);
+    const void *rc = res == 1 ? r.c : res == 2 ? y.c : NULL, *rr = res == 1 ? r.r : res == 2 ? y.r : NULL;
+    const void *rd = res == 1 ? r.d : res == 2 ? y.d : NULL;
+    t->cpu->ops->groupnorm_conv2d(t->cpu, y.c, x.c, rc, ga.c, be.c, w.c, b.c, B, Ci, H, W, Co, k, pad, G, 1e-6f, silu);
+    t->cpu->ops->groupnorm_conv2d(t->cpu, y.r, x.r, rr, ga.r, be.r, w.r, b.r, B, Ci, H, W, Co, k, pad, G, 1e-6f, silu);
     conv_knobs(mode, 0);
-    zi_status st = t->gpu->ops->groupnorm_conv2d(t->gpu, y.d, x.d, ga.d, be.d, w.d, b.d, B, Ci, H, W, Co, k, pad, G,
+    zi_status st = t->gpu->ops->groupnorm_conv2d(t->gpu, y.d, x.d, rd, ga.d, be.d, w.d, b.d, B, Ci, H, W, Co, k, pad, G,
                                                  1e-6f, silu);
     conv_knobs(NULL, 0);
     GPU_OK(t, name, st);
@@ -508,6 +514,7 @@ done:
     ten_free(t, &w);
     ten_free(t, &b);
     ten_free(t, &y);
+    if (res == 1) ten_free(t, &r);
 }
 
 static void test_upsample_conv2d(T *t, int B, int Ci, int H, int W, int Co, int k, int pad, const char *mode) {
@@ -997,16 +1004,25 @@ int main(int argc, char **argv) {
     test_conv2d(&t, 2, 256, 7, 13, 128, 1, 0, 1, 1, NULL, 0);     /* 1x1 auto: cuBLASLt                 */
     test_conv2d(&t, 1, 128, 12, 12, 128, 3, 1, 1, 1000, NULL, 0); /* large magnitude                    */
     test_conv2d(&t, 1, 128, 64, 48, 256, 3, 1, 1, 1, NULL, 0);    /* many M tiles                       */
-    for (int tile = 1; tile <= 6; tile++) {                       /* every tile configuration           */
-        test_conv2d(&t, 2, 64, 20, 24, 256, 3, 1, 1, 1, NULL, tile);
-        test_conv2d(&t, 1, 40, 9, 11, 200, 3, 1, 1, 1, NULL, tile);
+    static const int tiles[] = {1, 4, 5, 6, 7, 8, 9};             /* every tile configuration, the Co <= 4 kernel */
+    for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; i++) {
+        test_conv2d(&t, 2, 64, 20, 24, tiles[i] == 9 ? 4 : 256, 3, 1, 1, 1, NULL, tiles[i]);
+        test_conv2d(&t, 1, 40, 9, 11, tiles[i] == 9 ? 3 : 200, 3, 1, 1, 1, NULL, tiles[i]);
     }
-    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, NULL);    /* vector packing        */
-    test_groupnorm_conv2d(&t, 1, 32, 7, 13, 16, 3, 1, 8, 0, -2, 2, NULL);      /* scalar packing        */
-    test_groupnorm_conv2d(&t, 1, 128, 96, 96, 32, 3, 1, 32, 1, -1, 1, NULL);   /* 5 chunks per group    */
-    test_groupnorm_conv2d(&t, 1, 128, 16, 16, 3, 3, 1, 32, 1, 9, 11, NULL);    /* mean >> std, Co = 3   */
-    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, "im2col");
-    test_groupnorm_conv2d(&t, 1, 6, 5, 7, 8, 3, 1, 3, 1, -1, 1, NULL);         /* Ci % 8: im2col        */
+    test_conv2d(&t, 1, 16, 6, 5, 2, 3, 0, 0, 1, NULL, 0);         /* Co <= 4 kernel, no padding         */
+    test_upsample_conv2d(&t, 1, 24, 5, 4, 3, 3, 1, NULL);         /* Co <= 4 kernel, upsampled          */
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 0, NULL);    /* vector packing        */
+    test_groupnorm_conv2d(&t, 1, 32, 7, 13, 16, 3, 1, 8, 0, -2, 2, 0, NULL);      /* scalar packing        */
+    test_groupnorm_conv2d(&t, 1, 128, 96, 96, 32, 3, 1, 32, 1, -1, 1, 0, NULL);   /* 5 chunks per group    */
+    test_groupnorm_conv2d(&t, 1, 128, 16, 16, 3, 3, 1, 32, 1, 9, 11, 0, NULL);    /* mean >> std, Co = 3   */
+    test_groupnorm_conv2d(&t, 2, 128, 7, 13, 3, 3, 1, 32, 1, -1, 1, 1, NULL);     /* Co = 3 kernel + res   */
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 0, "im2col");
+    test_groupnorm_conv2d(&t, 1, 6, 5, 7, 8, 3, 1, 3, 1, -1, 1, 0, NULL);         /* Ci % 8: im2col        */
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 1, NULL);    /* residual, 16-byte     */
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 2, NULL);    /* residual in place     */
+    test_groupnorm_conv2d(&t, 1, 32, 7, 13, 48, 3, 1, 8, 1, -1, 1, 2, NULL);      /* in place, scalar      */
+    test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 2, "im2col");
+    test_groupnorm_conv2d(&t, 1, 6, 5, 7, 8, 3, 1, 3, 1, -1, 1, 2, NULL);         /* Ci % 8, in place      */
     test_upsample_conv2d(&t, 2, 64, 5, 7, 32, 3, 1, NULL);
     test_upsample_conv2d(&t, 1, 16, 1, 1, 8, 3, 1, NULL);
     test_upsample_conv2d(&t, 1, 8, 3, 3, 16, 3, 0, NULL);
