@@ -17,7 +17,7 @@
  * borders, past Ci and past Co), rows padded by 16 bytes so ldmatrix is free of bank conflicts.
  * Epilogue: + bias, round to bf16, transpose through shared memory, 16-byte NCHW stores, optionally
  * + a residual (rounded again, as a separate add would). Needs Ci % 8 == 0 and 16-byte aligned x and w
- * (the packed scratch); any Co, k, pad, H, W, B. conv_smallco_kernel: Co <= 4 (conv_out) on CUDA cores.
+ * (the packed scratch); any Co, k, pad, H, W, B.
  */
 #include "common.cuh"
 
@@ -238,56 +238,9 @@ static cudaError_t launch_igemm(ConvArgs p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
-/* Co <= 4 output channels (the VAE's conv_out): a tensor-core tile would be almost all padding, so one
-   thread per output pixel accumulates its CO outputs in fp32 on the CUDA cores. The weights sit in shared
-   memory as float [k*k][Ci][CO]; all threads read the same ones (broadcasts). The input comes through L1:
-   neighbouring threads read neighbouring pixels, which the taps share. */
-#define SMALL_CO 4
-template <int CO>
-__global__ void __launch_bounds__(256) conv_smallco_kernel(ConvArgs p) {
-    extern __shared__ float conv_ws[];
-    const int kk = p.k * p.k, nw = kk * p.Ci * CO;
-    for (int i = threadIdx.x; i < nw; i += blockDim.x) {
-        int co = i % CO, c = (i / CO) % p.Ci, t = i / (CO * p.Ci);
-        conv_ws[i] = co < p.Co ? b2f(p.w[((size_t)co * kk + t) * p.Ci + c]) : 0.0f;
-    }
-    __syncthreads(); /* the weights are in shared memory */
-    int m = blockIdx.x * blockDim.x + threadIdx.x;
-    if (m >= p.M) return;
-    int HoWo = p.Ho * p.Wo, b = m / HoWo, pix = m - b * HoWo, yo = pix / p.Wo, xo = pix % p.Wo;
-    const bf16 *img = p.x + (size_t)b * p.Hs * p.Ws * p.Ci;
-    float acc[CO];
-#pragma unroll
-    for (int co = 0; co < CO; co++) acc[co] = 0.0f;
-    for (int ky = 0; ky < p.k; ky++) {
-        int yi = yo + ky - p.pad;
-        if ((unsigned)yi >= (unsigned)p.H) continue;
-        for (int kx = 0; kx < p.k; kx++) {
-            int xi = xo + kx - p.pad;
-            if ((unsigned)xi >= (unsigned)p.W) continue;
-            const bf16 *src = img + ((size_t)(yi >> p.up) * p.Ws + (xi >> p.up)) * p.Ci;
-            const float *wt = conv_ws + (ky * p.k + kx) * p.Ci * CO;
-            for (int c = 0; c < p.Ci; c += 8) {
-                float v[8];
-                ld8(v, src + c);
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-#pragma unroll
-                    for (int co = 0; co < CO; co++) acc[co] += v[j] * wt[(c + j) * CO + co];
-            }
-        }
-    }
-#pragma unroll
-    for (int co = 0; co < CO; co++) {
-        if (co >= p.Co) break;
-        size_t o = ((size_t)b * p.Co + co) * HoWo + pix;
-        bf16 r = f2b(acc[co] + (p.bias ? b2f(p.bias[co]) : 0.0f));
-        p.out[o] = p.res ? f2b(b2f(r) + b2f(p.res[o])) : r;
-    }
-}
-
 /* Tile configurations (id, BM, BN, BK, WM, WN, STAGES), measured in benchmarks/kernels/README.md.
-   1: the default where shared memory is 99 KB (sm_86, sm_89); 6: Co <= 32; 4, 5, 7, 8: sm_80 / sm_90. */
+   Default 4 (sm_80, sm_90), 1 where shared memory is 99 KB (sm_86, sm_89) or Ci < 64, 6 for Co <= 32;
+   5, 7 and 8 measured within 2% of 4 at the VAE's shapes on H100 (lab variants, ZIMAGE_CONV_TILE). */
 #define CONV_CFG_LIST(X)                  \
     X(1, 128, 128, 32, 2, 4, 4)           \
     X(4, 256, 128, 64, 4, 2, 3)           \
@@ -295,7 +248,6 @@ __global__ void __launch_bounds__(256) conv_smallco_kernel(ConvArgs p) {
     X(6, 128, 32, 32, 4, 1, 4)            \
     X(7, 128, 128, 64, 2, 2, 3)           \
     X(8, 256, 128, 64, 4, 2, 4)
-#define CONV_TILE_SMALLCO 9               /* conv_smallco_kernel */
 
 /* shared memory per block of a configuration (0: no such id) */
 static size_t conv_tile_smem(int tile) {
@@ -319,12 +271,7 @@ extern "C" cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void
     ConvArgs p = {(bf16 *)out, (const bf16 *)x, (const bf16 *)w, (const bf16 *)bias, (const bf16 *)res, B * Ho * Wo,
                   Ci, Co, k, pad, up ? 1 : 0, Hc, Wc, H, W, Ho, Wo, 0,
                   (Ho * Wo) % 8 == 0 && is_aligned16(out) && (!res || is_aligned16(res))};
-    size_t smallco_smem = (size_t)k * k * Ci * SMALL_CO * sizeof(float);
-    if (tile <= 0) tile = Co <= SMALL_CO && smallco_smem <= 48 * 1024 ? CONV_TILE_SMALLCO : Co <= 32 ? 6 : Ci < 64 ? 1 : 4;
-    if (tile == CONV_TILE_SMALLCO && Co <= SMALL_CO && smallco_smem <= 48 * 1024) {
-        conv_smallco_kernel<SMALL_CO><<<(unsigned)((p.M + 255) / 256), 256, smallco_smem, stream>>>(p);
-        return cudaGetLastError();
-    }
+    if (tile <= 0) tile = Co <= 32 ? 6 : Ci < 64 ? 1 : 4;
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);

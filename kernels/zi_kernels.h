@@ -59,7 +59,7 @@ cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int 
    again when res (res may be out); stride 1, zero padding pad; x [B,H,W,Ci] NHWC, read as its nearest-2x upsample
    (a 2H x 2W image) when up; w [Co, k*k, Ci] (zi_conv_pack_weight_cuda). Ho = Hc + 2 pad - k + 1 for the conv's
    input size Hc (H or 2H). Needs Ci % 8 == 0 and 16-byte aligned x and w (cudaErrorInvalidValue otherwise).
-   tile: 0 = chosen by the shape, else a block tile configuration of conv.cu's CONV_CFG_LIST or 9 (Co <= 4 kernel) */
+   tile: 0 = chosen by the shape, else a block tile configuration of conv.cu's CONV_CFG_LIST */
 cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, const void *res, int B,
                                  int Ci, int H, int W, int Co, int k, int pad, int up, int tile, cudaStream_t stream);
 /* nhwc[B,HW,C] = in[B,C,HW], or with stats (device float2 [B*G] (mean, rstd) from zi_groupnorm_stats_cuda)
