@@ -1,11 +1,12 @@
 /*
  * ops_cuda.c - the CUDA backend: the ZiOps table for one GPU. Activations and weights are
  * bf16 (2 bytes), arithmetic and statistics fp32. Everything runs on one stream owned by the
- * backend; matmul, conv2d (im2col) and attention with HD > 128 go through cuBLASLt (fp32 compute,
- * heuristic algorithm cached per shape and alignment), the rest, attention with HD <= 128
- * included, through the launchers in kernels/ (zi_kernels.h).
- * Scratch memory (im2col columns, ids, groupnorm statistics, upload/download staging) lives in
- * the backend and only grows, so hot ops never call cudaMalloc. Host-side state is guarded by
+ * backend; matmul, unpadded 1x1 and Ci % 8 != 0 convolutions (im2col) and attention with HD > 128
+ * go through cuBLASLt (fp32 compute, heuristic algorithm cached per shape and alignment), the rest,
+ * other convolutions (implicit GEMM, kernels/conv.cu) and attention with HD <= 128 included, through
+ * the launchers in kernels/ (zi_kernels.h).
+ * Scratch memory (packed conv inputs and weights or im2col columns, ids, groupnorm statistics,
+ * upload/download staging) lives in the backend and only grows, so hot ops never call cudaMalloc. Host-side state is guarded by
  * a mutex, so two pipelines on one GPU may share the backend. Env ZIMAGE_SYNC=1 synchronises
  * and checks after every op, so an asynchronous fault is reported by the op that caused it.
  * Plain C: includes cuda_runtime.h and cublasLt.h, never Python.h.
