@@ -6,8 +6,8 @@
  * other convolutions (implicit GEMM, kernels/conv.cu) and attention with HD <= 128 included, through
  * the launchers in kernels/ (zi_kernels.h).
  * Scratch memory (packed conv inputs and weights or im2col columns, ids, groupnorm statistics,
- * upload/download staging) lives in the backend and only grows, so hot ops never call cudaMalloc. Host-side state is guarded by
- * a mutex, so two pipelines on one GPU may share the backend. Env ZIMAGE_SYNC=1 synchronises
+ * upload/download staging) lives in the backend and only grows, so hot ops never call cudaMalloc.
+ * Host-side state is guarded by a mutex, so two pipelines on one GPU may share the backend. Env ZIMAGE_SYNC=1 synchronises
  * and checks after every op, so an asynchronous fault is reported by the op that caused it.
  * Plain C: includes cuda_runtime.h and cublasLt.h, never Python.h.
  */
@@ -755,7 +755,8 @@ typedef struct ConvPre {
 /* Env ZIMAGE_CONV (read per call, a lab knob for benchmarks and tests): "im2col" sends every conv
    through im2col + cuBLASLt, "igemm" every conv with Ci % 8 == 0 through the implicit-GEMM kernel;
    unset (auto): the implicit GEMM except an unpadded 1x1 conv without a pre step, which is a plain
-   cuBLASLt GEMM on the NCHW input. ZIMAGE_CONV_TILE=1..6 picks the kernel's tile configuration. */
+   cuBLASLt GEMM on the NCHW input. ZIMAGE_CONV_TILE=<id> picks the kernel's tile configuration
+   (the ids of CONV_CFG_LIST in kernels/conv.cu). */
 enum { CONV_AUTO, CONV_IM2COL, CONV_IGEMM };
 static int conv_mode(void) {
     const char *s = getenv("ZIMAGE_CONV");
