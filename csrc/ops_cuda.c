@@ -7,8 +7,9 @@
  * the launchers in kernels/ (zi_kernels.h).
  * Scratch memory (packed conv inputs and weights or im2col columns, ids, groupnorm statistics,
  * upload/download staging) lives in the backend and only grows, so hot ops never call cudaMalloc.
- * Host-side state is guarded by a mutex, so two pipelines on one GPU may share the backend. Env ZIMAGE_SYNC=1 synchronises
- * and checks after every op, so an asynchronous fault is reported by the op that caused it.
+ * Host-side state is guarded by a mutex, so two pipelines on one GPU may share the backend.
+ * Env ZIMAGE_SYNC=1 synchronises and checks after every op, so an asynchronous fault is reported
+ * by the op that caused it.
  * Plain C: includes cuda_runtime.h and cublasLt.h, never Python.h.
  */
 #include "ops.h"
