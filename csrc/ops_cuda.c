@@ -643,6 +643,47 @@ fail:
 }
 
 // ----------------------------------------------------------------------------------------------
+// fused DiT block ops (one pass each where the unfused ops made two to four)
+
+static zi_status cuda_rmsnorm_scale(ZiBackend *be, void *out, const void *in, const void *w, const void *s, int M, int D,
+                                    float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rmsnorm_scale_cuda(out, in, w, s, M, D, eps, cu->stream));
+    return op_end(cu, "rmsnorm_scale");
+fail:
+    return st;
+}
+
+static zi_status cuda_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, const void *w, const void *g, int M,
+                                        int D, float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rmsnorm_add_gated_cuda(x, y, w, g, M, D, eps, cu->stream));
+    return op_end(cu, "rmsnorm_add_gated");
+fail:
+    return st;
+}
+
+static zi_status cuda_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F) {
+    OP_BEGIN(be);
+    CU_TRY(zi_swiglu_pair_cuda(out, gu, M, F, cu->stream));
+    return op_end(cu, "swiglu_pair");
+fail:
+    return st;
+}
+
+static zi_status cuda_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
+                                    const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
+                                    int interleaved) {
+    OP_BEGIN(be);
+    if (HD <= 0 || HD % 2 || HD > 256 || (!wq != !wk))
+        return zi_fail(ZI_ERR_ARG, "qkv_norm_rope: head dim %d (must be even, at most 256), q/k norms both or neither", HD);
+    CU_TRY(zi_qkv_norm_rope_cuda(q, k, v, qkv, wq, wk, cs, S, NH, NKV, HD, eps, interleaved, cu->stream));
+    return op_end(cu, "qkv_norm_rope");
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
 // data movement
 
 static zi_status cuda_copy(ZiBackend *be, void *dst, const void *src, size_t n) {
@@ -908,6 +949,8 @@ static const ZiOps zi_ops_cuda = {
     .matmul = cuda_matmul,
     .attention = cuda_attention,
     .rmsnorm = cuda_rmsnorm,
+    .rmsnorm_scale = cuda_rmsnorm_scale,
+    .rmsnorm_add_gated = cuda_rmsnorm_add_gated,
     .layernorm = cuda_layernorm,
     .groupnorm = cuda_groupnorm,
     .add = cuda_add,
@@ -916,9 +959,11 @@ static const ZiOps zi_ops_cuda = {
     .tanh = cuda_tanh,
     .silu = cuda_silu,
     .swiglu = cuda_swiglu,
+    .swiglu_pair = cuda_swiglu_pair,
     .mul_rows = cuda_mul_rows,
     .add_gated = cuda_add_gated,
     .rope = cuda_rope,
+    .qkv_norm_rope = cuda_qkv_norm_rope,
     .copy = cuda_copy,
     .copy2d = cuda_copy2d,
     .blend_seam = cuda_blend_seam,

@@ -28,6 +28,8 @@ cudaError_t zi_unary_cuda(void *out, const void *in, int op, float s, size_t n, 
 enum { ZI_BINARY_ADD, ZI_BINARY_SWIGLU };
 /* out[n] = a + b, or silu(a) * b */
 cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, int op, size_t n, cudaStream_t stream);
+/* out[m,f] = silu(gu[m,f]) * gu[m,F+f] for gu[M,2F] (merged gate/up projection) */
+cudaError_t zi_swiglu_pair_cuda(void *out, const void *gu, int M, int F, cudaStream_t stream);
 /* out[M,D] = in[M,D] * s[D] */
 cudaError_t zi_mul_rows_cuda(void *out, const void *in, const void *s, int M, int D, cudaStream_t stream);
 /* x[M,D] += g[D] * y[M,D]  (g NULL: x += y) */
@@ -57,6 +59,12 @@ cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int 
 /* ---- normalisation (norm.cu) ---- */
 /* out[M,D] = in / sqrt(mean(in^2) + eps) (* w[D] if w) */
 cudaError_t zi_rmsnorm_cuda(void *out, const void *in, const void *w, int M, int D, float eps, cudaStream_t stream);
+/* out[M,D] = in / sqrt(mean(in^2) + eps) * w[D] * s[D] (w or s NULL: 1) */
+cudaError_t zi_rmsnorm_scale_cuda(void *out, const void *in, const void *w, const void *s, int M, int D, float eps,
+                                  cudaStream_t stream);
+/* x[M,D] += g[D] * y / sqrt(mean(y^2) + eps) * w[D] (g or w NULL: 1) */
+cudaError_t zi_rmsnorm_add_gated_cuda(void *x, const void *y, const void *w, const void *g, int M, int D, float eps,
+                                      cudaStream_t stream);
 /* out[M,D] = (in - mean) / sqrt(var + eps) */
 cudaError_t zi_layernorm_cuda(void *out, const void *in, int M, int D, float eps, cudaStream_t stream);
 /* out[B,C,HW] = groupnorm(in) (* gamma + beta) (then SiLU); stats: device double[2*B*G] scratch */
@@ -66,6 +74,11 @@ cudaError_t zi_groupnorm_cuda(void *out, const void *in, const void *gamma, cons
 /* ---- position (rope.cu) ---- */
 /* x[S,NH,HD] rotated in place by cs[S,HD/2,2] (fp32); interleaved pairs (2j,2j+1), else (j,j+HD/2) */
 cudaError_t zi_rope_cuda(void *x, const float *cs, int S, int NH, int HD, int interleaved, cudaStream_t stream);
+/* qkv[S,(NH+2NKV)HD] -> q[S,NH,HD], k[S,NKV,HD] RMS-normalised per head with wq / wk (both NULL: no norm)
+   and rotated as zi_rope_cuda, v[S,NKV,HD] copied; HD even, at most 256 */
+cudaError_t zi_qkv_norm_rope_cuda(void *q, void *k, void *v, const void *qkv, const void *wq, const void *wk,
+                                  const float *cs, int S, int NH, int NKV, int HD, float eps, int interleaved,
+                                  cudaStream_t stream);
 
 /* ---- attention (attention.cu) ---- */
 /* out[S,NH*HD] = softmax(q k^T * scale (+ causal mask)) v per head; q[S,NH*HD], k/v[S,NKV*HD].
