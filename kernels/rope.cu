@@ -82,12 +82,88 @@ __global__ void qkv_norm_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv,
     }
 }
 
+/* HD = 128 fast path: lane l owns elements 4l..4l+3 of its head row (8-byte loads and stores).
+   Interleaved pairs (2j, 2j+1) are within a lane; rotate-half partners (j, j+64) are in lanes l and
+   l^16, exchanged with one shuffle. Each warp walks the head slots of one token, so the token's
+   cos/sin row (as float4 per lane) is loaded once. */
+__global__ void qkv_norm_rope128_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const bf16 *wq, const bf16 *wk,
+                                        const float *cs, int S, int NH, int NKV, float eps, int interleaved) {
+    const int HD = 128;
+    int slots = NH + 2 * NKV, lane = threadIdx.x % 32, wpb = blockDim.x / 32;
+    size_t s = blockIdx.x;
+    if (s >= (size_t)S) return;
+    int e0 = 4 * lane;
+    /* cos/sin of the pairs this lane rotates: interleaved pairs 2l, 2l+1; rotate-half pairs e0..e0+3 mod 64 */
+    float c[4], sn[4];
+    const float *t = cs + s * HD; /* [HD/2 pairs][cos, sin] */
+    if (interleaved) {
+        float4 u = *reinterpret_cast<const float4 *>(t + e0); /* pairs 2l, 2l+1: floats 4l .. 4l+3 */
+        c[0] = u.x, sn[0] = u.y, c[1] = u.z, sn[1] = u.w;
+        c[2] = c[3] = sn[2] = sn[3] = 0.0f; /* unused: two pairs per lane */
+    } else {
+        int j0 = e0 % 64;
+#pragma unroll
+        for (int i = 0; i < 4; i++) c[i] = t[2 * (j0 + i)], sn[i] = t[2 * (j0 + i) + 1];
+    }
+    float wqv[4] = {1, 1, 1, 1}, wkv[4] = {1, 1, 1, 1};
+    if (wq) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) wqv[i] = b2f(wq[e0 + i]), wkv[i] = b2f(wk[e0 + i]);
+    }
+    for (int h = threadIdx.x / 32; h < slots; h += wpb) {
+        const bf16 *src = qkv + (s * slots + h) * HD;
+        uint2 raw = *reinterpret_cast<const uint2 *>(src + e0);
+        bf16 *dst;
+        if (h >= NH + NKV) { /* v: plain copy */
+            dst = v + (s * NKV + h - NH - NKV) * HD;
+            *reinterpret_cast<uint2 *>(dst + e0) = raw;
+            continue;
+        }
+        const float *w = h < NH ? wqv : wkv;
+        dst = h < NH ? q + (s * NH + h) * HD : k + (s * NKV + h - NH) * HD;
+        const __nv_bfloat162 *p2 = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+        float x[4];
+        float2 f0 = __bfloat1622float2(p2[0]), f1 = __bfloat1622float2(p2[1]);
+        x[0] = f0.x, x[1] = f0.y, x[2] = f1.x, x[3] = f1.y;
+        float r = 1.0f;
+        if (wq) r = rsqrtf(warp_sum(x[0] * x[0] + x[1] * x[1] + x[2] * x[2] + x[3] * x[3]) / HD + eps);
+#pragma unroll
+        for (int i = 0; i < 4; i++) x[i] *= r * w[i];
+        float y[4];
+        if (interleaved) {
+            y[0] = x[0] * c[0] - x[1] * sn[0];
+            y[1] = x[0] * sn[0] + x[1] * c[0];
+            y[2] = x[2] * c[1] - x[3] * sn[1];
+            y[3] = x[2] * sn[1] + x[3] * c[1];
+        } else { /* lanes 0-15 hold the first halves (x0' = x0 c - x1 s), lanes 16-31 the second (x1' = x0 s + x1 c) */
+            bool first = lane < 16;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float o = __shfl_xor_sync(0xffffffffu, x[i], 16);
+                y[i] = first ? x[i] * c[i] - o * sn[i] : o * sn[i] + x[i] * c[i];
+            }
+        }
+        uint2 out;
+        __nv_bfloat162 *o2 = reinterpret_cast<__nv_bfloat162 *>(&out);
+        o2[0] = __floats2bfloat162_rn(y[0], y[1]);
+        o2[1] = __floats2bfloat162_rn(y[2], y[3]);
+        *reinterpret_cast<uint2 *>(dst + e0) = out;
+    }
+}
+
 extern "C" cudaError_t zi_qkv_norm_rope_cuda(void *q, void *k, void *v, const void *qkv, const void *wq, const void *wk,
                                              const float *cs, int S, int NH, int NKV, int HD, float eps,
                                              int interleaved, cudaStream_t stream) {
     if (S <= 0) return cudaSuccess;
     if (HD <= 0 || HD % 2 || HD / 2 > 32 * QKV_MAX_PAIRS || NH <= 0 || NKV <= 0 || (!wq != !wk))
         return cudaErrorInvalidValue;
+    if (HD == 128 && S <= 0x7fffffff && is_aligned16(q) && is_aligned16(k) && is_aligned16(v) && is_aligned16(qkv) &&
+        ((uintptr_t)cs & 15u) == 0) {
+        qkv_norm_rope128_kernel<<<(unsigned)S, 256, 0, stream>>>((bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)qkv,
+                                                                (const bf16 *)wq, (const bf16 *)wk, cs, S, NH, NKV,
+                                                                eps, interleaved);
+        return cudaGetLastError();
+    }
     size_t tasks = (size_t)S * (NH + 2 * NKV);
     qkv_norm_rope_kernel<<<grid_for(tasks, 8), 256, 0, stream>>>((bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)qkv,
                                                                  (const bf16 *)wq, (const bf16 *)wk, cs, S, NH, NKV,

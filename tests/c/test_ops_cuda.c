@@ -1004,7 +1004,9 @@ int main(int argc, char **argv) {
     test_swiglu_pair(&t, 5, 10240, 0);
     test_swiglu_pair(&t, 3, 7, 0);
     test_swiglu_pair(&t, 4, 64, 1);
-    test_qkv_norm_rope(&t, 37, 30, 30, 128, 1, 1);  /* the DiT's layout */
+    test_qkv_norm_rope(&t, 37, 30, 30, 128, 1, 1);  /* the DiT's layout (HD = 128 fast path) */
+    test_qkv_norm_rope(&t, 9, 32, 8, 128, 1, 0);    /* Qwen3's layout: GQA, rotate-half (fast path) */
+    test_qkv_norm_rope(&t, 4, 3, 3, 128, 0, 1);     /* fast path without norm */
     test_qkv_norm_rope(&t, 5, 4, 2, 64, 1, 0);      /* GQA, rotate-half */
     test_qkv_norm_rope(&t, 3, 2, 1, 6, 0, 1);       /* tiny head, no norm */
     test_qkv_norm_rope(&t, 2, 1, 1, 256, 1, 0);     /* widest head the fused op takes */
