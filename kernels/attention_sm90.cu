@@ -19,6 +19,8 @@
  *   The output is divided by the row sums, staged as bf16 through the warpgroup's (now unused) part
  *   of the Q tile and written with 16-byte coalesced stores; rows >= S are not stored.
  *   setmaxnreg moves registers from the producer (A90_PRODUCER_REGS) to the consumers.
+ *   Lab knobs (-D...): ZI_ATTN90_STAGES (ring depth), ZI_ATTN90_PINGPONG (the consumers take turns
+ *   issuing their wgmma batches, FA3's inter-warpgroup schedule). Timings: benchmarks/kernels/README.md.
  *
  * All sm_90a-only device code is inside `#if ... __CUDA_ARCH_FEAT_SM90_ALL`: the file compiles for
  * every arch of the fat binary, and sm90a_probe_kernel tells the host (once per device) whether the
@@ -41,6 +43,9 @@
 #define ZI_ATTN90_STAGES 2    /* K/V ring depth (lab knob: 2 or 3)                             */
 #endif
 #define A90_STAGES ZI_ATTN90_STAGES
+#ifndef ZI_ATTN90_PINGPONG
+#define ZI_ATTN90_PINGPONG 0  /* lab knob: 1 makes the consumers take turns issuing their wgmma */
+#endif
 #define A90_THREADS 384
 #define A90_PRODUCER_REGS 40
 #define A90_CONSUMER_REGS 232 /* 128 x 40 + 256 x 232 <= 65536                                 */
@@ -261,6 +266,13 @@ static __device__ __forceinline__ void a90_pack_p(uint32_t (&p)[32], const float
         p[4 * ks + 3] = pack_bf16x2(s[8 * ks + 6], s[8 * ks + 7]);
     }
 }
+/* Ping-pong (ZI_ATTN90_PINGPONG): the two consumer warpgroups take turns issuing their wgmma batches, so
+   one's softmax runs while the other's matrix products do. Turns alternate 0, 1, 0, 1, ...; consumer w
+   waits on named barrier 3 + w (its 128 threads) until the other one passed it on (128 arrivals).
+   Consumer 0 takes its first turn unasked, and consumer 1 does not pass on after its last turn, so
+   every barrier phase gets exactly 256 arrivals. */
+static __device__ __forceinline__ void pp_wait(int cw) { asm volatile("bar.sync %0, 256;\n" ::"r"(3 + cw) : "memory"); }
+static __device__ __forceinline__ void pp_pass(int cw) { asm volatile("bar.arrive %0, 256;\n" ::"r"(4 - cw) : "memory"); }
 #endif /* A90_DEVICE_CODE */
 
 // ----------------------------------------------------------------------------------------------
@@ -268,7 +280,7 @@ static __device__ __forceinline__ void a90_pack_p(uint32_t (&p)[32], const float
 __global__ void __launch_bounds__(A90_THREADS, 1)
     attention_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                           const __grid_constant__ CUtensorMap tm_v, bf16 *out, int S, int NH, int NKV, float sl2,
-                          int causal) {
+                          int causal, int n_qt) {
 #ifdef A90_DEVICE_CODE
     extern __shared__ unsigned char a90_smem_raw[];
     /* offset from the array itself (not an integer round-trip) keeps the accesses below st/ld.shared */
@@ -277,9 +289,10 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
     uint32_t q_full = sbase + A90_BAR_OFF, k_full = q_full + 8, v_full = k_full + 8 * A90_STAGES,
              k_empty = v_full + 8 * A90_STAGES, v_empty = k_empty + 8 * A90_STAGES; /* + 8 * stage */
 
-    /* causal: the longest rows first (better tail balance) */
-    int qt = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-    int h = blockIdx.y, kvh = h / (NH / NKV), q0 = qt * A90_BM;
+    /* tile of this CTA (1D grid, dispatched about in index order). Non-causal: head-major (the CTAs of
+       a wave share K/V in L2). Causal: the longest q-tiles first, all heads of one q-tile together. */
+    int b = blockIdx.x, qt = causal ? n_qt - 1 - b / NH : b % n_qt, h = causal ? b % NH : b / n_qt;
+    int kvh = h / (NH / NKV), q0 = qt * A90_BM;
     int n_tiles = (S + A90_BN - 1) / A90_BN;
     if (causal) n_tiles = min(n_tiles, (q0 + A90_BM - 1) / A90_BN + 1);
     int wg = threadIdx.x / 128;
@@ -332,7 +345,9 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
 
         mbar_wait(q_full, 0);
         mbar_wait(k_full, 0);
+        if (ZI_ATTN90_PINGPONG && cw == 1) pp_wait(cw);
         a90_issue_qk(s, q_addr, sbase + A90_K_OFF);
+        if (ZI_ATTN90_PINGPONG) pp_pass(cw);
         wg_wait<0>();
         reg_fence(s);
         if (lane == 0) mbar_arrive(k_empty);
@@ -342,9 +357,14 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
         for (int t = 1; t < n_tiles; t++) {
             int st = t % A90_STAGES, sp = (t - 1) % A90_STAGES, k0 = t * A90_BN;
             mbar_wait(k_full + 8 * st, (t / A90_STAGES) & 1);
+            if (ZI_ATTN90_PINGPONG) { /* both operands here before the turn is taken */
+                mbar_wait(v_full + 8 * sp, ((t - 1) / A90_STAGES) & 1);
+                pp_wait(cw);
+            }
             a90_issue_qk(s, q_addr, sbase + A90_K_OFF + st * A90_KV_BYTES);
             mbar_wait(v_full + 8 * sp, ((t - 1) / A90_STAGES) & 1);
             a90_issue_pv(o, p, sbase + A90_V_OFF + sp * A90_KV_BYTES);
+            if (ZI_ATTN90_PINGPONG) pp_pass(cw);
             wg_wait<1>(); /* S_t done (P_{t-1} V_{t-1} may still run) */
             reg_fence(s);
             if (lane == 0) mbar_arrive(k_empty + 8 * st);
@@ -361,7 +381,9 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
         {
             int sl = (n_tiles - 1) % A90_STAGES;
             mbar_wait(v_full + 8 * sl, ((n_tiles - 1) / A90_STAGES) & 1);
+            if (ZI_ATTN90_PINGPONG) pp_wait(cw);
             a90_issue_pv(o, p, sbase + A90_V_OFF + sl * A90_KV_BYTES);
+            if (ZI_ATTN90_PINGPONG && cw == 0) pp_pass(cw); /* consumer 1 has no turn left to wait for */
             wg_wait<0>();
             reg_fence(o);
             if (lane == 0) mbar_arrive(v_empty + 8 * sl);
@@ -477,7 +499,7 @@ extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const vo
         const char *e = getenv("ZIMAGE_ATTN_SM90");
         disabled = e && e[0] == '0';
     }
-    if (disabled || HD != A90_HD || S <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || NH > 65535 || !(scale > 0.0f))
+    if (disabled || HD != A90_HD || S <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || !(scale > 0.0f))
         return cudaSuccess;
     if (!is_aligned16(out) || !is_aligned16(q) || !is_aligned16(k) || !is_aligned16(v)) return cudaSuccess;
     int dev = 0;
@@ -491,9 +513,10 @@ extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const vo
     if (!encode_map(enc, &mq, q, S, NH * A90_HD, A90_BM) || !encode_map(enc, &mk, k, S, NKV * A90_HD, A90_BN) ||
         !encode_map(enc, &mv, v, S, NKV * A90_HD, A90_BN))
         return cudaSuccess;
+    int n_qt = (S + A90_BM - 1) / A90_BM;
+    if ((long)n_qt * NH > 0x7fffffffL) return cudaSuccess;
     *taken = 1;
-    dim3 grid((S + A90_BM - 1) / A90_BM, NH);
-    attention_sm90_kernel<<<grid, A90_THREADS, A90_SMEM_BYTES, stream>>>(mq, mk, mv, (bf16 *)out, S, NH, NKV,
-                                                                         scale * A90_LOG2E, causal);
+    attention_sm90_kernel<<<(unsigned)(n_qt * NH), A90_THREADS, A90_SMEM_BYTES, stream>>>(
+        mq, mk, mv, (bf16 *)out, S, NH, NKV, scale * A90_LOG2E, causal, n_qt);
     return cudaGetLastError();
 }

@@ -5,9 +5,10 @@
 #       parity test and the benchmark for sm_90a, the lab variants (VARIANTS below) and a bench_ops
 #       whose kernels are compute_80 PTX only (JIT on the H100: the sm_90a probe must say "not taken")
 #   OUT=/tmp/out bash benchmarks/kernels/attn90_lab.sh run   # on the GPU machine, from the repo root
-# run: attention parity cases through the new kernel and through the old one (ZIMAGE_ATTN_SM90=0),
+# run: attention parity cases through the new kernel, each variant and the old one (ZIMAGE_ATTN_SM90=0),
 # DiT attention timings (new, old, each variant, the new one again for the spread), PyTorch SDPA on
-# the same card, compute-sanitizer memcheck on the attention cases, and the whole parity test once.
+# the same card, Nsight Compute's speed-of-light section for one launch, compute-sanitizer memcheck
+# on the attention cases, and the whole parity test once.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 CUDA=${CUDA:-/usr/local/cuda}
@@ -16,7 +17,7 @@ CORE="csrc/ops_cpu.c csrc/ops_cuda.c csrc/backend.c csrc/zi_error.c csrc/safeten
 CFLAGS="-std=gnu11 -O2 -fopenmp -Wall -Wno-unused-parameter -DZI_WITH_CUDA -Icsrc -Ikernels -I$CUDA/include"
 LIBS="-L$CUDA/lib64 -Wl,-rpath,$CUDA/lib64 -lcublasLt -lcublas -lcudart_static -lstdc++ -lpthread -ldl -lrt -lm"
 NVFLAGS="-O3 -std=c++17 -Xcompiler -fPIC -lineinfo -Ikernels -Icsrc"
-VARIANTS=("-DZI_ATTN90_STAGES=3")
+VARIANTS=("-DZI_ATTN90_PINGPONG=1")
 
 if [ "${1:-}" = build ]; then
     set -e
@@ -28,6 +29,8 @@ if [ "${1:-}" = build ]; then
             -gencode arch=compute_90a,code=sm_90a -Xptxas -v 2>&1 | grep -E "Used|spill" | tail -2
         gcc $CFLAGS benchmarks/kernels/bench_ops.c $CORE $(ls $B/*.cu.o | grep -v attention_sm90) $B/a90_v$i.o $LIBS \
             -o $B/bench_v$i
+        gcc $CFLAGS tests/c/test_ops_cuda.c $CORE $(ls $B/*.cu.o | grep -v attention_sm90) $B/a90_v$i.o $LIBS \
+            -o $B/test_v$i
     done
     mkdir -p $B/ptx80
     for f in kernels/*.cu; do
@@ -47,6 +50,11 @@ ZIMAGE_SYNC=1 timeout 90 $B/test_ops_cuda attention > "$OUT/test_attn.log" 2>&1
 rc=$?
 echo "rc=$rc"; grep -E "HD=128|passed|FAIL" "$OUT/test_attn.log"
 if [ $rc = 124 ]; then tail -5 "$OUT/test_attn.log"; echo "the new kernel hangs: stopping here"; exit 1; fi
+for i in "${!VARIANTS[@]}"; do
+    echo "--- attention cases, variant ${VARIANTS[$i]}"
+    ZIMAGE_SYNC=1 timeout 90 $B/test_v$i attention > "$OUT/test_v$i.log" 2>&1
+    echo "rc=$?"; grep -E "passed|FAIL" "$OUT/test_v$i.log"
+done
 echo "--- attention cases, old kernel (ZIMAGE_ATTN_SM90=0)"
 ZIMAGE_SYNC=1 ZIMAGE_ATTN_SM90=0 timeout 90 $B/test_ops_cuda attention > "$OUT/test_old.log" 2>&1
 echo "rc=$?"; grep -E "passed|FAIL" "$OUT/test_old.log"
@@ -59,6 +67,10 @@ echo "--- timings"
     echo "compute_80 PTX build (JIT):"; timeout 120 $B/bench_ptx80 "S=1024"
 } 2>&1 | tee "$OUT/bench.log"
 timeout 90 python3 benchmarks/kernels/bench_torch_ref.py 2>&1 | tee "$OUT/torch.log"
+echo "--- Nsight Compute speed of light, one DiT-shape launch"
+timeout 90 ncu --clock-control none --section SpeedOfLight -k regex:attention_sm90 --launch-skip 5 --launch-count 1 \
+    $B/bench_ops "S=4128" > "$OUT/ncu.log" 2>&1
+echo "rc=$?"; grep -E "Throughput|Duration|Elapsed Cycles|SM Frequency" "$OUT/ncu.log"
 echo "--- memcheck (attention cases)"
 timeout 150 compute-sanitizer --tool memcheck $B/test_ops_cuda attention > "$OUT/memcheck.log" 2>&1
 echo "rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log"
