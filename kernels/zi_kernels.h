@@ -82,11 +82,17 @@ cudaError_t zi_qkv_norm_rope_cuda(void *q, void *k, void *v, const void *qkv, co
 
 /* ---- attention (attention.cu) ---- */
 /* out[S,NH*HD] = softmax(q k^T * scale (+ causal mask)) v per head; q[S,NH*HD], k/v[S,NKV*HD].
-   Tensor-core kernel for HD in {32,64,96,128} with 16-byte aligned buffers and scale > 0; a CUDA-core
-   kernel for any other HD up to 1024 (ops_cuda.c sends HD > 128 to cuBLASLt GEMMs first).
+   Tensor-core kernel for HD in {32,64,96,128} with 16-byte aligned buffers and scale > 0 (HD = 128 on
+   Hopper: zi_attention_sm90_cuda); a CUDA-core kernel for any other HD up to 1024 (ops_cuda.c sends
+   HD > 128 to cuBLASLt GEMMs first).
    cudaErrorInvalidValue for a head dim it cannot take. */
 cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV, int HD,
                               int causal, float scale, cudaStream_t stream);
+/* The Hopper path of zi_attention_cuda (attention_sm90.cu): wgmma + TMA flash attention for HD == 128 with
+   16-byte aligned buffers and scale > 0, on a compute capability 9.x device whose loaded code is sm_90a.
+   *taken = 0 (nothing launched, cudaSuccess) when it cannot run this call; ZIMAGE_ATTN_SM90=0 turns it off. */
+cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV,
+                                   int HD, int causal, float scale, cudaStream_t stream, int *taken);
 
 /* p[r, j] (bf16) = softmax_j(s[r, j]) over j < cols (row stride ld, fp32 scores already scaled); causal:
    only j <= row0 + r count, the rest of the row is 0. Used by the GEMM attention path for HD > 128. */

@@ -173,15 +173,18 @@ done:
     ten_free(t, &y);
 }
 
-static void test_attention(T *t, int S, int NH, int NKV, int HD, int causal, int off) {
-    char name[96];
-    snprintf(name, sizeof name, "attention S=%d NH=%d NKV=%d HD=%d%s%s", S, NH, NKV, HD, causal ? " causal" : "",
-             off ? " unaligned" : "");
+/* q, k uniform in [-qk_amp, qk_amp] (1.7: unit variance, as after RMSNorm; the larger the amplitude, the
+   more peaked the softmax and the more the running max moves between key tiles), v in [-1, 1] */
+static void test_attention_amp(T *t, int S, int NH, int NKV, int HD, int causal, int off, float qk_amp) {
+    char name[96], amp[24] = "";
+    if (qk_amp != 3.0f) snprintf(amp, sizeof amp, " qk=%g", qk_amp);
+    snprintf(name, sizeof name, "attention S=%d NH=%d NKV=%d HD=%d%s%s%s", S, NH, NKV, HD, causal ? " causal" : "",
+             off ? " unaligned" : "", amp);
     if (skip(name)) return;
     Ten q, k, v, o;
     float sc = 1.0f / sqrtf((float)HD);
-    ten_rand(t, &q, (size_t)S * NH * HD, -3, 3, off);
-    ten_rand(t, &k, (size_t)S * NKV * HD, -3, 3, 0);
+    ten_rand(t, &q, (size_t)S * NH * HD, -qk_amp, qk_amp, off);
+    ten_rand(t, &k, (size_t)S * NKV * HD, -qk_amp, qk_amp, 0);
     ten_rand(t, &v, (size_t)S * NKV * HD, -1, 1, 0);
     ten_out(t, &o, (size_t)S * NH * HD, 0);
     t->cpu->ops->attention(t->cpu, o.c, q.c, k.c, v.c, S, NH, NKV, HD, causal, sc);
@@ -193,6 +196,10 @@ done:
     ten_free(t, &k);
     ten_free(t, &v);
     ten_free(t, &o);
+}
+
+static void test_attention(T *t, int S, int NH, int NKV, int HD, int causal, int off) {
+    test_attention_amp(t, S, NH, NKV, HD, causal, off, 3.0f);
 }
 
 static void test_rmsnorm(T *t, int M, int D, int weight, int off) {
@@ -966,6 +973,18 @@ int main(int argc, char **argv) {
     test_attention(&t, 2500, 1, 1, 512, 0, 0);   /* 40 chunks of 64 rows (1 MiB scratch) */
     test_attention(&t, 700, 2, 1, 256, 1, 0);    /* causal GQA over 3 chunks */
     test_attention(&t, 100, 1, 1, 512, 0, 1);
+    /* HD = 128, aligned, non-causal: the sm_90a kernel on Hopper (key and query tails: S % 128 != 0) */
+    test_attention_amp(&t, 1, 2, 2, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 77, 3, 1, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 128, 2, 2, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 300, 4, 2, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 1000, 2, 1, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 4128, 2, 2, 128, 0, 0, 1.7f); /* the DiT's sequence length */
+    test_attention_amp(&t, 2100, 4, 2, 128, 0, 0, 1.7f); /* 68 tiles: on 132 SMs no half-tile tail */
+    test_attention_amp(&t, 1000, 2, 2, 128, 0, 0, 6.8f); /* 4x: scores of std ~15, the max moves a lot */
+    test_attention_amp(&t, 300, 3, 3, 128, 0, 0, 6.8f);
+    test_attention_amp(&t, 1000, 2, 1, 128, 1, 0, 1.7f); /* causal, diagonal tiles masked */
+    test_attention_amp(&t, 129, 2, 2, 128, 1, 0, 6.8f);
 
     test_rmsnorm(&t, 1, 128, 1, 0);
     test_rmsnorm(&t, 5, 3840, 1, 0);
