@@ -39,7 +39,8 @@ struct DitModel {
         void *q, *k, *v;    /* [S, D] each                                                */
         void *o;            /* [S, D] attention output before to_out                      */
         void *a;            /* [S, D] branch output                                       */
-        void *g, *u;        /* [S, F] FFN gate and up                                     */
+        void *gu;           /* [S, max(2F, 3D)] merged projections: q|k|v, then gate|up   */
+        void *g;            /* [S, F] FFN hidden silu(gate) * up                          */
         void *lat;          /* [C*Fr*H*W] latent in, and out                              */
         void *patches;      /* [N, P] patch tokens in, then final-layer output             */
         void *cap;          /* [L, Cc] caption features (dit_forward's host upload)       */
@@ -128,7 +129,9 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* weights: the diffusers state-dict names, in module order */
+/* weights: the diffusers state-dict names, in module order, except that w3 follows w1. The weight
+   block stores specs back to back in list order, so to_q|to_k|to_v form one [3D, D] matrix and
+   w1|w3 one [2F, D] matrix: the forward runs each as one merged GEMM (dit_check_merged checks). */
 
 static zi_status dit_block_list(const DitConfig *c, DitBlock *b, ZiWeightList *wl, const char *p, int modulated) {
     zi_status st = ZI_OK;
@@ -142,8 +145,8 @@ static zi_status dit_block_list(const DitConfig *c, DitBlock *b, ZiWeightList *w
         ZI_TRY(ZI_W1(wl, &b->norm_k, HD, "%s.attention.norm_k.weight", p));
     }
     ZI_TRY(ZI_W2(wl, &b->w1, F, D, "%s.feed_forward.w1.weight", p));
-    ZI_TRY(ZI_W2(wl, &b->w2, D, F, "%s.feed_forward.w2.weight", p));
     ZI_TRY(ZI_W2(wl, &b->w3, F, D, "%s.feed_forward.w3.weight", p));
+    ZI_TRY(ZI_W2(wl, &b->w2, D, F, "%s.feed_forward.w2.weight", p));
     ZI_TRY(ZI_W1(wl, &b->attention_norm1, D, "%s.attention_norm1.weight", p));
     ZI_TRY(ZI_W1(wl, &b->ffn_norm1, D, "%s.ffn_norm1.weight", p));
     ZI_TRY(ZI_W1(wl, &b->attention_norm2, D, "%s.attention_norm2.weight", p));
@@ -251,11 +254,11 @@ static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
     if (lat < m->max_lat) lat = m->max_lat;
     size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, A = (size_t)c->adaln_dim;
     size_t P = (size_t)c->f_patch * c->patch * c->patch * c->in_channels, Cc = (size_t)c->cap_feat_dim;
-    size_t e = be->act_size;
+    size_t e = be->act_size, GU = 2 * F > 3 * D ? 2 * F : 3 * D;
     struct { void **slot; size_t bytes; } spec[] = {
         {&m->t.x, S * D * e},     {&m->t.h, S * D * e},       {&m->t.q, S * D * e},
         {&m->t.k, S * D * e},     {&m->t.v, S * D * e},       {&m->t.o, S * D * e},
-        {&m->t.a, S * D * e},     {&m->t.g, S * F * e},       {&m->t.u, S * F * e},
+        {&m->t.a, S * D * e},     {&m->t.gu, S * GU * e},     {&m->t.g, S * F * e},
         {&m->t.lat, lat * e},     {&m->t.patches, N * P * e}, {&m->t.cap, L * Cc * e},
         {&m->t.capn, L * Cc * e}, {&m->t.tf, 256 * e},        {&m->t.th, (size_t)c->t_mid * e},
         {&m->t.c, A * e},         {&m->t.cs_silu, A * e},     {&m->t.mod, 4 * D * e},
@@ -296,15 +299,9 @@ static zi_status dit_attention(DitModel *m, const DitBlock *b, const void *x, co
     const ZiOps *op = be->ops;
     const DitConfig *c = &m->cfg;
     int D = c->dim, NH = c->n_heads, HD = c->head_dim;
-    ZI_TRY(op->matmul(be, m->t.q, x, b->to_q, NULL, S, D, D));                  /* q [S, D]            */
-    ZI_TRY(op->matmul(be, m->t.k, x, b->to_k, NULL, S, D, D));                  /* k [S, D]            */
-    ZI_TRY(op->matmul(be, m->t.v, x, b->to_v, NULL, S, D, D));                  /* v [S, D]            */
-    if (c->qk_norm) {
-        ZI_TRY(op->rmsnorm(be, m->t.q, m->t.q, b->norm_q, S * NH, HD, 1e-5f));  /* q [S*NH, HD]; eps fixed in diffusers */
-        ZI_TRY(op->rmsnorm(be, m->t.k, m->t.k, b->norm_k, S * NH, HD, 1e-5f));  /* k [S*NH, HD]        */
-    }
-    ZI_TRY(op->rope(be, m->t.q, cs, S, NH, HD, 1));                             /* q [S, NH, HD]       */
-    ZI_TRY(op->rope(be, m->t.k, cs, S, NH, HD, 1));                             /* k [S, NH, HD]       */
+    ZI_TRY(op->matmul(be, m->t.gu, x, b->to_q, NULL, S, D, 3 * D));             /* qkv [S, 3D]: to_q|to_k|to_v */
+    ZI_TRY(op->qkv_norm_rope(be, m->t.q, m->t.k, m->t.v, m->t.gu, b->norm_q, b->norm_k, cs, S, NH, NH, HD, 1e-5f,
+                             1));                                               /* q, k, v [S, NH, HD]; norm_q/k eps fixed in diffusers */
     ZI_TRY(op->attention(be, m->t.o, m->t.q, m->t.k, m->t.v, S, NH, NH, HD, 0, 1.0f / sqrtf((float)HD))); /* o [S, D] */
     ZI_TRY(op->matmul(be, m->t.a, m->t.o, b->to_out, NULL, S, D, D));           /* a [S, D]            */
 fail:
@@ -317,9 +314,8 @@ static zi_status dit_feed_forward(DitModel *m, const DitBlock *b, int S) {
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     int D = m->cfg.dim, F = m->cfg.ffn_dim;
-    ZI_TRY(op->matmul(be, m->t.g, m->t.h, b->w1, NULL, S, D, F));               /* g [S, F]            */
-    ZI_TRY(op->matmul(be, m->t.u, m->t.h, b->w3, NULL, S, D, F));               /* u [S, F]            */
-    ZI_TRY(op->swiglu(be, m->t.g, m->t.g, m->t.u, (size_t)S * F));              /* g = silu(g) * u     */
+    ZI_TRY(op->matmul(be, m->t.gu, m->t.h, b->w1, NULL, S, D, 2 * F));          /* gu [S, 2F]: w1|w3   */
+    ZI_TRY(op->swiglu_pair(be, m->t.g, m->t.gu, S, F));                         /* g = silu(gate) * up [S, F] */
     ZI_TRY(op->matmul(be, m->t.a, m->t.g, b->w2, NULL, S, F, D));               /* a [S, D]            */
 fail:
     return st;
@@ -341,17 +337,13 @@ static zi_status dit_block_forward(DitModel *m, const DitBlock *b, void *x, cons
         ZI_TRY(op->tanh(be, m->t.gate_mlp, zi_act(be, m->t.mod, 3 * D), D));          /* tanh(gate_mlp) */
     }
     /* attention branch: x += gate_msa * norm2(attn(norm1(x) * scale_msa)) */
-    ZI_TRY(op->rmsnorm(be, m->t.h, x, b->attention_norm1, S, D, eps));                /* h [S, D]      */
-    if (adaln_c) ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale_msa, S, D));      /* h *= scale    */
+    ZI_TRY(op->rmsnorm_scale(be, m->t.h, x, b->attention_norm1, adaln_c ? m->t.scale_msa : NULL, S, D, eps)); /* h [S, D] */
     ZI_TRY(dit_attention(m, b, m->t.h, cs, S));                                       /* a [S, D]      */
-    ZI_TRY(op->rmsnorm(be, m->t.a, m->t.a, b->attention_norm2, S, D, eps));           /* a [S, D]      */
-    ZI_TRY(op->add_gated(be, x, m->t.a, adaln_c ? m->t.gate_msa : NULL, S, D));       /* x [S, D]      */
+    ZI_TRY(op->rmsnorm_add_gated(be, x, m->t.a, b->attention_norm2, adaln_c ? m->t.gate_msa : NULL, S, D, eps)); /* x [S, D] */
     /* FFN branch: x += gate_mlp * norm2(ffn(norm1(x) * scale_mlp)) */
-    ZI_TRY(op->rmsnorm(be, m->t.h, x, b->ffn_norm1, S, D, eps));                      /* h [S, D]      */
-    if (adaln_c) ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale_mlp, S, D));      /* h *= scale    */
+    ZI_TRY(op->rmsnorm_scale(be, m->t.h, x, b->ffn_norm1, adaln_c ? m->t.scale_mlp : NULL, S, D, eps)); /* h [S, D] */
     ZI_TRY(dit_feed_forward(m, b, S));                                                /* a [S, D]      */
-    ZI_TRY(op->rmsnorm(be, m->t.a, m->t.a, b->ffn_norm2, S, D, eps));                 /* a [S, D]      */
-    ZI_TRY(op->add_gated(be, x, m->t.a, adaln_c ? m->t.gate_mlp : NULL, S, D));       /* x [S, D]      */
+    ZI_TRY(op->rmsnorm_add_gated(be, x, m->t.a, b->ffn_norm2, adaln_c ? m->t.gate_mlp : NULL, S, D, eps)); /* x [S, D] */
 fail:
     return st;
 }
@@ -521,6 +513,16 @@ fail:
 /* ---------------------------------------------------------------------------------------- */
 /* lifetime */
 
+/* The merged GEMMs read to_q|to_k|to_v and w1|w3 as single matrices: check the block laid them out so. */
+static zi_status dit_check_merged(const ZiBackend *be, const DitConfig *c, const DitBlock *b, int n) {
+    size_t DD = (size_t)c->dim * c->dim, FD = (size_t)c->ffn_dim * c->dim;
+    for (int i = 0; i < n; i++)
+        if (b[i].to_k != zi_wt(be, b[i].to_q, DD) || b[i].to_v != zi_wt(be, b[i].to_k, DD) ||
+            b[i].w3 != zi_wt(be, b[i].w1, FD))
+            return zi_fail(ZI_ERR_STATE, "transformer weights: merged q|k|v or w1|w3 not adjacent in the weight block");
+    return ZI_OK;
+}
+
 static zi_status dit_load_weights(DitModel *m, int device) {
     zi_status st = ZI_OK;
     ZiWeightList wl = {0};
@@ -530,6 +532,13 @@ static zi_status dit_load_weights(DitModel *m, int device) {
     ZI_TRY(zi_backend_get(device, &be));
     ZI_TRY(dit_weight_list(&m->cfg, &w, &wl));
     ZI_TRY(zi_weights_load(be, &m->ar, &wl, NULL, &block));
+    st = dit_check_merged(be, &m->cfg, w.noise_refiner, m->cfg.n_refiner_layers);
+    if (st == ZI_OK) st = dit_check_merged(be, &m->cfg, w.context_refiner, m->cfg.n_refiner_layers);
+    if (st == ZI_OK) st = dit_check_merged(be, &m->cfg, w.layers, m->cfg.n_layers);
+    if (st != ZI_OK) {
+        be->ops->free(be, block);
+        goto fail;
+    }
     /* success: release the old device's buffers, adopt the new ones */
     if (m->be) {
         m->be->ops->free(m->be, m->weights);

@@ -47,6 +47,12 @@ typedef struct ZiOps {
     /* out[B,C,HW] = groupnorm over G groups (* gamma[C] + beta[C]), then SiLU if silu */
     zi_status (*groupnorm)(ZiBackend *be, void *out, const void *in, const void *gamma, const void *beta, int B, int C,
                            int HW, int G, float eps, int silu);
+    /* fused (DiT block input): out[M,D] = rmsnorm(in) * w[D] * s[D]; s NULL: no scale */
+    zi_status (*rmsnorm_scale)(ZiBackend *be, void *out, const void *in, const void *w, const void *s, int M, int D,
+                               float eps);
+    /* fused (DiT block output): x[M,D] += g[D] * rmsnorm(y) * w[D]; g NULL: x += rmsnorm(y) * w */
+    zi_status (*rmsnorm_add_gated)(ZiBackend *be, void *x, const void *y, const void *w, const void *g, int M, int D,
+                                   float eps);
 
     /* ---- elementwise ---- */
     zi_status (*add)(ZiBackend *be, void *out, const void *a, const void *b, size_t n);      /* out = a + b     */
@@ -56,6 +62,8 @@ typedef struct ZiOps {
     zi_status (*silu)(ZiBackend *be, void *out, const void *in, size_t n);
     /* out[n] = silu(gate[n]) * up[n] */
     zi_status (*swiglu)(ZiBackend *be, void *out, const void *gate, const void *up, size_t n);
+    /* out[M,F] = silu(gu[M, 0:F]) * gu[M, F:2F] (output of a merged gate/up projection) */
+    zi_status (*swiglu_pair)(ZiBackend *be, void *out, const void *gu, int M, int F);
     /* out[M,D] = in[M,D] * s[D] (row broadcast) */
     zi_status (*mul_rows)(ZiBackend *be, void *out, const void *in, const void *s, int M, int D);
     /* x[M,D] += g[D] * y[M,D]; g NULL means x += y */
@@ -65,6 +73,12 @@ typedef struct ZiOps {
     /* x[S,NH,HD] rotated in place; cs[S,HD/2,2] = (cos, sin) per pair, fp32 on the backend.
        interleaved: pairs (2j, 2j+1) (Z-Image, complex64 style); else rotate-half: pairs (j, j+HD/2) (Qwen) */
     zi_status (*rope)(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved);
+    /* fused attention input from a merged projection qkv[S, (NH + 2 NKV) HD] (q heads, then k, then v):
+       q[S,NH,HD] and k[S,NKV,HD] RMS-normalised over HD with weights wq / wk (both NULL: no norm), then
+       rotated as `rope`; v[S,NKV,HD] copied. HD even and at most 256 */
+    zi_status (*qkv_norm_rope)(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
+                               const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
+                               int interleaved);
 
     /* ---- data movement ---- */
     zi_status (*copy)(ZiBackend *be, void *dst, const void *src, size_t n);                 /* n elements      */

@@ -265,6 +265,67 @@ static zi_status cpu_rope(ZiBackend *be, void *x, const float *cs, int S, int NH
     return ZI_OK;
 }
 
+/* ---- fused DiT ops: the same arithmetic as the unfused reference ops in sequence (equal results) ---- */
+
+static zi_status cpu_rmsnorm_scale(ZiBackend *be, void *out, const void *in, const void *w, const void *s, int M, int D,
+                                   float eps) {
+    zi_status st = cpu_rmsnorm(be, out, in, w, M, D, eps);
+    if (st == ZI_OK && s) st = cpu_mul_rows(be, out, out, s, M, D);
+    return st;
+}
+
+static zi_status cpu_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, const void *w, const void *g, int M, int D,
+                                       float eps) {
+    (void)be;
+#pragma omp parallel for if ((long)M * D > 1 << 16)
+    for (int m = 0; m < M; m++) {
+        const float *yr = CF(y) + (size_t)m * D;
+        float *xr = F(x) + (size_t)m * D;
+        double ss = 0.0;
+        for (int d = 0; d < D; d++) ss += (double)yr[d] * yr[d];
+        float r = 1.0f / sqrtf((float)(ss / D) + eps);
+        for (int d = 0; d < D; d++) {
+            float t = yr[d] * r * (w ? CF(w)[d] : 1.0f); /* cpu_rmsnorm's expression, then cpu_add_gated's */
+            xr[d] += (g ? CF(g)[d] : 1.0f) * t;
+        }
+    }
+    return ZI_OK;
+}
+
+static zi_status cpu_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F) {
+    (void)be;
+#pragma omp parallel for if ((long)M * F > 1 << 16)
+    for (int m = 0; m < M; m++) {
+        const float *g = CF(gu) + (size_t)m * 2 * F, *u = g + F;
+        float *o = F(out) + (size_t)m * F;
+        for (int f = 0; f < F; f++) o[f] = g[f] / (1.0f + expf(-g[f])) * u[f];
+    }
+    return ZI_OK;
+}
+
+static zi_status cpu_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
+                                   const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
+                                   int interleaved) {
+    zi_status st = ZI_OK;
+    if (HD <= 0 || HD % 2 || HD > 256 || (!wq != !wk))
+        return zi_fail(ZI_ERR_ARG, "qkv_norm_rope: head dim %d (must be even, at most 256), q/k norms both or neither", HD);
+    size_t row = (size_t)(NH + 2 * NKV) * HD, qd = (size_t)NH * HD, kd = (size_t)NKV * HD;
+    for (int s = 0; s < S; s++) {
+        const float *src = CF(qkv) + (size_t)s * row;
+        memcpy(F(q) + (size_t)s * qd, src, qd * sizeof(float));
+        memcpy(F(k) + (size_t)s * kd, src + qd, kd * sizeof(float));
+        memcpy(F(v) + (size_t)s * kd, src + qd + kd, kd * sizeof(float));
+    }
+    if (wq || wk) {
+        ZI_TRY(cpu_rmsnorm(be, q, q, wq, S * NH, HD, eps));   /* q [S*NH, HD] */
+        ZI_TRY(cpu_rmsnorm(be, k, k, wk, S * NKV, HD, eps));  /* k [S*NKV, HD] */
+    }
+    ZI_TRY(cpu_rope(be, q, cs, S, NH, HD, interleaved));
+    ZI_TRY(cpu_rope(be, k, cs, S, NKV, HD, interleaved));
+fail:
+    return st;
+}
+
 static zi_status cpu_copy(ZiBackend *be, void *dst, const void *src, size_t n) {
     (void)be;
     memmove(dst, src, n * sizeof(float));
@@ -535,6 +596,8 @@ const ZiOps zi_ops_cpu = {
     .matmul = cpu_matmul,
     .attention = cpu_attention,
     .rmsnorm = cpu_rmsnorm,
+    .rmsnorm_scale = cpu_rmsnorm_scale,
+    .rmsnorm_add_gated = cpu_rmsnorm_add_gated,
     .layernorm = cpu_layernorm,
     .groupnorm = cpu_groupnorm,
     .add = cpu_add,
@@ -543,9 +606,11 @@ const ZiOps zi_ops_cpu = {
     .tanh = cpu_tanh,
     .silu = cpu_silu,
     .swiglu = cpu_swiglu,
+    .swiglu_pair = cpu_swiglu_pair,
     .mul_rows = cpu_mul_rows,
     .add_gated = cpu_add_gated,
     .rope = cpu_rope,
+    .qkv_norm_rope = cpu_qkv_norm_rope,
     .copy = cpu_copy,
     .fill_rows = cpu_fill_rows,
     .embedding = cpu_embedding,

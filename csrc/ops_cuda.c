@@ -25,6 +25,8 @@
 #define STAGE_BYTES ((size_t)64 << 20)   /* each of 2 pinned + 2 device staging buffers */
 #define LT_WORKSPACE ((size_t)32 << 20)  /* cuBLASLt workspace (the Hopper recommendation) */
 #define LT_CACHE 128                     /* cached matmul plans                           */
+#define LT_CANDIDATES 8                  /* heuristic candidates timed for large products */
+#define LT_TUNE_FLOP 2e10                /* time the candidates of products above this    */
 #define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
 #define ATTN_SCRATCH_MB 128              /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
 
@@ -33,6 +35,9 @@ typedef struct LtPlan {
     int m, n, k, lda, ldb, ldc, opa, opb, bias, beta1, c_f32;
     int align_a, align_b, align_c;   /* pointer alignments the algorithm was chosen for */
     int found;                       /* 0: cuBLASLt has no algorithm, use the fallback  */
+    int tuned;                       /* the heuristic's candidates were timed            */
+    cublasLtMatmulHeuristicResult_t cand[LT_CANDIDATES];
+    int ncand;                       /* heuristic candidates, best-ranked first          */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -47,6 +52,10 @@ typedef struct ZiCuda {
     int device;
     char name[24];                   /* "cuda:N"                                         */
     int sync_each_op;                /* ZIMAGE_SYNC=1                                    */
+    int gemm_tune;                   /* ZIMAGE_GEMM_TUNE=1: time candidates (off: no gain measured) */
+    int profile;                     /* ZIMAGE_PROFILE=1: time every op with events      */
+    cudaEvent_t prof_start;          /* recorded by OP_BEGIN while profiling              */
+    char prof_key[64];               /* op name with sizes, set by ops that have several  */
     cudaStream_t stream;
     cublasLtHandle_t lt;
     void *workspace;                 /* LT_WORKSPACE bytes                               */
@@ -139,8 +148,83 @@ static zi_status scratch_reserve(ZiCuda *cu, Scratch *s, size_t bytes) {
     return st;
 }
 
+// ----------------------------------------------------------------------------------------------
+// ZIMAGE_PROFILE=1: every op between OP_BEGIN and op_end is bracketed by two events; the times are
+// summed per op name (with sizes for matmul and attention) and printed to stderr at exit. A
+// development aid only: events are kept until exit.
+
+typedef struct ProfEntry { char key[64]; cudaEvent_t start, stop; } ProfEntry;
+static ProfEntry *g_prof;
+static size_t g_nprof, g_cap_prof;
+static pthread_mutex_t g_prof_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void prof_report(void) {
+    typedef struct { char key[64]; double ms; long n; } Sum;
+    Sum sums[256];
+    int ns = 0;
+    double total = 0;
+    for (size_t i = 0; i < g_nprof; i++) {
+        float ms = 0;
+        if (cudaEventSynchronize(g_prof[i].stop) != cudaSuccess ||
+            cudaEventElapsedTime(&ms, g_prof[i].start, g_prof[i].stop) != cudaSuccess)
+            continue;
+        int j = 0;
+        while (j < ns && strcmp(sums[j].key, g_prof[i].key)) j++;
+        if (j == ns && ns < 256) { snprintf(sums[ns].key, sizeof sums[ns].key, "%s", g_prof[i].key); sums[ns].ms = 0; sums[ns++].n = 0; }
+        if (j < ns) { sums[j].ms += ms; sums[j].n++; }
+        total += ms;
+    }
+    fprintf(stderr, "zimage profile: %zu ops, %.1f ms in ops\n", g_nprof, total);
+    for (int a = 0; a < ns; a++) /* by time, descending */
+        for (int b = a + 1; b < ns; b++)
+            if (sums[b].ms > sums[a].ms) { Sum t = sums[a]; sums[a] = sums[b]; sums[b] = t; }
+    for (int a = 0; a < ns; a++)
+        fprintf(stderr, "  %-40s %7ld calls %10.2f ms %8.1f us/call %5.1f%%\n", sums[a].key, sums[a].n, sums[a].ms,
+                1000.0 * sums[a].ms / sums[a].n, 100.0 * sums[a].ms / (total > 0 ? total : 1));
+}
+
+/* Forget the ops timed so far (after a warm-up); exported for benchmarks/profile_pipeline.py (ctypes). */
+void zi_cuda_profile_reset(void) {
+    pthread_mutex_lock(&g_prof_lock);
+    for (size_t i = 0; i < g_nprof; i++) {
+        cudaEventSynchronize(g_prof[i].stop);
+        cudaEventDestroy(g_prof[i].start);
+        cudaEventDestroy(g_prof[i].stop);
+    }
+    g_nprof = 0;
+    pthread_mutex_unlock(&g_prof_lock);
+}
+
+static void prof_begin(ZiCuda *cu) {
+    cu->prof_key[0] = 0;
+    if (cu->prof_start) cudaEventDestroy(cu->prof_start); /* left by an op that returned early */
+    if (cudaEventCreate(&cu->prof_start) == cudaSuccess) cudaEventRecord(cu->prof_start, cu->stream);
+    else cu->prof_start = NULL;
+}
+
+static void prof_end(ZiCuda *cu, const char *op) {
+    cudaEvent_t stop;
+    if (!cu->prof_start || cudaEventCreate(&stop) != cudaSuccess) return;
+    cudaEventRecord(stop, cu->stream);
+    pthread_mutex_lock(&g_prof_lock);
+    if (g_nprof == g_cap_prof) {
+        size_t cap = g_cap_prof ? 2 * g_cap_prof : 4096;
+        ProfEntry *n = realloc(g_prof, cap * sizeof *n);
+        if (n) g_prof = n, g_cap_prof = cap;
+    }
+    if (g_nprof < g_cap_prof) {
+        ProfEntry *e = &g_prof[g_nprof++];
+        snprintf(e->key, sizeof e->key, "%s", cu->prof_key[0] ? cu->prof_key : op);
+        e->start = cu->prof_start;
+        e->stop = stop;
+    }
+    pthread_mutex_unlock(&g_prof_lock);
+    cu->prof_start = NULL;
+}
+
 /* ZIMAGE_SYNC=1: wait for the op and report its fault here */
 static zi_status op_end(ZiCuda *cu, const char *op) {
+    if (cu->profile) prof_end(cu, op);
     if (!cu->sync_each_op) return ZI_OK;
     cudaError_t e = cudaStreamSynchronize(cu->stream);
     if (e == cudaSuccess) e = cudaGetLastError();
@@ -151,7 +235,8 @@ static zi_status op_end(ZiCuda *cu, const char *op) {
 #define OP_BEGIN(be)                          \
     ZiCuda *cu = (ZiCuda *)(be)->impl;        \
     zi_status st = ZI_OK;                     \
-    CU_TRY(set_device(cu))
+    CU_TRY(set_device(cu));                   \
+    if (cu->profile) prof_begin(cu)
 
 // ----------------------------------------------------------------------------------------------
 // device count and creation
@@ -201,10 +286,15 @@ zi_status zi_backend_cuda_create(int device, ZiBackend **out) {
     snprintf(cu->name, sizeof cu->name, "cuda:%d", device);
     const char *sync = getenv("ZIMAGE_SYNC");
     cu->sync_each_op = sync && sync[0] && strcmp(sync, "0") != 0;
+    const char *tune = getenv("ZIMAGE_GEMM_TUNE");
+    cu->gemm_tune = tune && tune[0] && strcmp(tune, "0") != 0;
+    const char *prof = getenv("ZIMAGE_PROFILE");
+    cu->profile = prof && prof[0] && strcmp(prof, "0") != 0;
     const char *amb = getenv("ZIMAGE_ATTN_SCRATCH_MB");
     cu->attn_bytes = (size_t)(amb && atoi(amb) > 0 ? atoi(amb) : ATTN_SCRATCH_MB) << 20;
     CU_TRY(cudaSetDevice(device));
     CU_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
+    if (cu->profile) atexit(prof_report); /* after cudart's own exit handler was registered: runs before it */
     for (int i = 0; i < 2; i++) CU_TRY(cudaEventCreateWithFlags(&cu->stage_ev[i], cudaEventDisableTiming));
     LT_TRY(cublasLtCreate(&cu->lt));
     ZI_TRY(dev_malloc(cu, &cu->workspace, LT_WORKSPACE));
@@ -390,11 +480,12 @@ static zi_status lt_plan_create(ZiCuda *cu, LtPlan *p) {
     LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof ab));
     LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof ac));
     LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof ac));
-    cublasLtMatmulHeuristicResult_t res;
     int nres = 0;
-    cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(cu->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres);
+    cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(cu->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, LT_CANDIDATES,
+                                                       p->cand, &nres);
     p->found = hs == CUBLAS_STATUS_SUCCESS && nres > 0;
-    if (p->found) p->algo = res.algo;
+    p->ncand = p->found ? nres : 0;
+    if (p->found) p->algo = p->cand[0].algo;
     cublasLtMatmulPreferenceDestroy(pref);
     return ZI_OK;
 fail:
@@ -404,6 +495,44 @@ fail:
     if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
     if (p->desc) cublasLtMatmulDescDestroy(p->desc);
     memset(p, 0, sizeof *p);
+    return st;
+}
+
+/* ZIMAGE_GEMM_TUNE=1: time the heuristic's candidates on the real operands (C is overwritten: only when
+   beta = 0) and keep the fastest, unless it beats the top-ranked one by less than 3% (so the choice rarely
+   flips between processes). Once per plan; synchronises the stream. Off by default: on an H100 the
+   timed winners were 1-6% faster alone but the 1024^2 pipeline was not faster (1.120-1.129 s vs 1.115 s). */
+static zi_status lt_tune(ZiCuda *cu, LtPlan *p, const void *A, const void *B, void *C, float alpha) {
+    zi_status st = ZI_OK;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    float beta = 0.0f, best_ms = 0.0f, first_ms = 0.0f;
+    int best = 0;
+    p->tuned = 1;
+    if (p->ncand < 2) return ZI_OK;
+    CU_TRY(cudaEventCreate(&ev[0]));
+    CU_TRY(cudaEventCreate(&ev[1]));
+    for (int i = 0; i < p->ncand; i++) {
+        float ms = 0.0f;
+        int ok = 1;
+        for (int r = 0; r < 4 && ok; r++) { /* run 0 warms up; runs 1-3 timed */
+            if (r == 1) CU_TRY(cudaEventRecord(ev[0], cu->stream));
+            ok = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->cand[i].algo,
+                                cu->workspace, LT_WORKSPACE, cu->stream) == CUBLAS_STATUS_SUCCESS;
+        }
+        CU_TRY(cudaEventRecord(ev[1], cu->stream));
+        CU_TRY(cudaEventSynchronize(ev[1]));
+        CU_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+        if (!ok) continue;
+        if (i == 0) first_ms = best_ms = ms;
+        else if (ms < best_ms) best_ms = ms, best = i;
+    }
+    if (best && best_ms < 0.97f * first_ms) p->algo = p->cand[best].algo;
+    if (cu->profile)
+        fprintf(stderr, "zimage gemm tune m=%d n=%d k=%d: heuristic #0 %.1f us, best #%d %.1f us%s\n", p->m, p->n, p->k,
+                1000 * first_ms / 3, best, 1000 * best_ms / 3, best && best_ms < 0.97f * first_ms ? " (taken)" : "");
+fail:
+    if (ev[0]) cudaEventDestroy(ev[0]);
+    if (ev[1]) cudaEventDestroy(ev[1]);
     return st;
 }
 
@@ -445,6 +574,7 @@ static zi_status lt_matmul(ZiCuda *cu, int m, int n, int k, const void *A, int l
     }
     if (!p->found) return ZI_OK;
     if (bias) LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (!p->tuned && beta == 0.0f && cu->gemm_tune && 2.0 * m * n * k >= LT_TUNE_FLOP) ZI_TRY(lt_tune(cu, p, A, B, C, alpha));
     cublasStatus_t s = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->algo,
                                       cu->workspace, LT_WORKSPACE, cu->stream);
     if (s == CUBLAS_STATUS_NOT_SUPPORTED) { p->found = 0; return ZI_OK; }
@@ -469,6 +599,7 @@ static zi_status cuda_matmul(ZiBackend *be, void *out, const void *in, const voi
     if (M <= 0 || N <= 0) return ZI_OK;
     if (K <= 0) return zi_fail(ZI_ERR_ARG, "matmul: reduction size K = %d", K);
     int done = 0, epi_bias = bias && ((uintptr_t)bias & 15u) == 0;
+    if (cu->profile) snprintf(cu->prof_key, sizeof cu->prof_key, "matmul M=%d K=%d N=%d", M, K, N);
     pthread_mutex_lock(&cu->lock);
     st = lt_matmul(cu, N, M, K, w, K, 1, in, K, 0, out, N, 0, epi_bias ? bias : NULL, 1.0f, 0.0f, &done);
     pthread_mutex_unlock(&cu->lock);
@@ -530,6 +661,7 @@ static zi_status cuda_attention(ZiBackend *be, void *out, const void *q, const v
         return zi_fail(ZI_ERR_ARG, "attention: %d query heads not a multiple of %d kv heads", NH, NKV);
     if (HD <= 0 || HD > 1024) return zi_fail(ZI_ERR_ARG, "attention: head dim %d not supported on CUDA (1..1024)", HD);
     if (S <= 0) return ZI_OK;
+    if (cu->profile) snprintf(cu->prof_key, sizeof cu->prof_key, "attention S=%d NH=%d HD=%d", S, NH, HD);
     int done = 0;
     if (HD > 128) {
         pthread_mutex_lock(&cu->lock);
@@ -640,6 +772,47 @@ static zi_status cuda_rope(ZiBackend *be, void *x, const float *cs, int S, int N
     OP_BEGIN(be);
     CU_TRY(zi_rope_cuda(x, cs, S, NH, HD, interleaved, cu->stream));
     return op_end(cu, "rope");
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// fused DiT block ops (one pass each where the unfused ops made two to four)
+
+static zi_status cuda_rmsnorm_scale(ZiBackend *be, void *out, const void *in, const void *w, const void *s, int M, int D,
+                                    float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rmsnorm_scale_cuda(out, in, w, s, M, D, eps, cu->stream));
+    return op_end(cu, "rmsnorm_scale");
+fail:
+    return st;
+}
+
+static zi_status cuda_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, const void *w, const void *g, int M,
+                                        int D, float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rmsnorm_add_gated_cuda(x, y, w, g, M, D, eps, cu->stream));
+    return op_end(cu, "rmsnorm_add_gated");
+fail:
+    return st;
+}
+
+static zi_status cuda_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F) {
+    OP_BEGIN(be);
+    CU_TRY(zi_swiglu_pair_cuda(out, gu, M, F, cu->stream));
+    return op_end(cu, "swiglu_pair");
+fail:
+    return st;
+}
+
+static zi_status cuda_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
+                                    const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
+                                    int interleaved) {
+    OP_BEGIN(be);
+    if (HD <= 0 || HD % 2 || HD > 256 || (!wq != !wk))
+        return zi_fail(ZI_ERR_ARG, "qkv_norm_rope: head dim %d (must be even, at most 256), q/k norms both or neither", HD);
+    CU_TRY(zi_qkv_norm_rope_cuda(q, k, v, qkv, wq, wk, cs, S, NH, NKV, HD, eps, interleaved, cu->stream));
+    return op_end(cu, "qkv_norm_rope");
 fail:
     return st;
 }
@@ -1017,6 +1190,8 @@ static const ZiOps zi_ops_cuda = {
     .matmul = cuda_matmul,
     .attention = cuda_attention,
     .rmsnorm = cuda_rmsnorm,
+    .rmsnorm_scale = cuda_rmsnorm_scale,
+    .rmsnorm_add_gated = cuda_rmsnorm_add_gated,
     .layernorm = cuda_layernorm,
     .groupnorm = cuda_groupnorm,
     .add = cuda_add,
@@ -1025,9 +1200,11 @@ static const ZiOps zi_ops_cuda = {
     .tanh = cuda_tanh,
     .silu = cuda_silu,
     .swiglu = cuda_swiglu,
+    .swiglu_pair = cuda_swiglu_pair,
     .mul_rows = cuda_mul_rows,
     .add_gated = cuda_add_gated,
     .rope = cuda_rope,
+    .qkv_norm_rope = cuda_qkv_norm_rope,
     .copy = cuda_copy,
     .copy2d = cuda_copy2d,
     .blend_seam = cuda_blend_seam,

@@ -14,6 +14,7 @@
  *   the four above, unaligned buffers, and HD > 128 when cuBLASLt offers no algorithm. Block =
  *   4 warps x 4 query rows; per tile of 32 keys, lane l scores key l against the warp's rows, then
  *   lanes own output dims d = lane + 32t and accumulate p_j * v_j, with p_j broadcast by shuffles.
+ * On compute capability 9.x with sm_90a code, HD = 128 goes to the wgmma/TMA kernel of attention_sm90.cu.
  * softmax_rows_kernel: the row softmax of the chunked GEMM path that ops_cuda.c uses for HD > 128
  *   (scores = q k^T by cuBLASLt into fp32, P = softmax -> bf16, out = P v by cuBLASLt).
  */
@@ -438,6 +439,9 @@ extern "C" cudaError_t zi_attention_cuda(void *out, const void *q, const void *k
     /* the tensor-core kernel takes the max of raw scores, which needs scale > 0 */
     bool aligned = is_aligned16(out) && is_aligned16(q) && is_aligned16(k) && is_aligned16(v) && scale > 0.0f;
     if (aligned) {
+        int taken = 0;
+        cudaError_t e = zi_attention_sm90_cuda(out, q, k, v, S, NH, NKV, HD, causal, scale, stream, &taken);
+        if (taken) return e;
         switch (HD) {
         case 32: return launch_mma<32>(O, Q, K, V, S, NH, NKV, sl2, causal, stream);
         case 64: return launch_mma<64>(O, Q, K, V, S, NH, NKV, sl2, causal, stream);

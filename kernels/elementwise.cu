@@ -1,5 +1,5 @@
 /*
- * elementwise.cu - the memory-bound ops: unary/binary maps, row-broadcast products and gated
+ * elementwise.cu - the memory-bound ops: unary/binary maps, SwiGLU of a merged gate/up row, row-broadcast products and gated
  * residual adds, fills, embedding gather, transpose, patchify/unpatchify, nearest upsample, the
  * tiled VAE's seam blend and im2col for conv2d. bf16 in and out, fp32 arithmetic. Maps take 8
  * elements (16 bytes) per thread step when every pointer is 16-byte aligned, else one element;
@@ -62,6 +62,40 @@ extern "C" cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, i
     case ZI_BINARY_SWIGLU: return launch_map(out, a, b, n, OpSwiglu{}, stream);
     }
     return cudaErrorInvalidValue;
+}
+
+/* out[m, f] = silu(gu[m, f]) * gu[m, F + f]: rows over blockIdx.y (grid-stride), columns over x;
+   VEC: 8 columns per thread step */
+template <bool VEC>
+__global__ void swiglu_pair_kernel(bf16 *out, const bf16 *gu, int M, int F) {
+    OpSwiglu f;
+    int cols = VEC ? F / 8 : F;
+    for (int m = blockIdx.y; m < M; m += gridDim.y) {
+        const bf16 *g = gu + (size_t)m * 2 * F, *u = g + F;
+        bf16 *o = out + (size_t)m * F;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+            if (VEC) {
+                float x[8], y[8];
+                ld8(x, g + 8 * c);
+                ld8(y, u + 8 * c);
+#pragma unroll
+                for (int j = 0; j < 8; j++) x[j] = f(x[j], y[j]);
+                st8(o + 8 * c, x);
+            } else {
+                o[c] = f2b(f(b2f(g[c]), b2f(u[c])));
+            }
+        }
+    }
+}
+
+extern "C" cudaError_t zi_swiglu_pair_cuda(void *out, const void *gu, int M, int F, cudaStream_t stream) {
+    if (M <= 0 || F <= 0) return cudaSuccess;
+    bool vec = F % 8 == 0 && is_aligned16(out) && is_aligned16(gu);
+    int cols = vec ? F / 8 : F;
+    dim3 grid((unsigned)((cols + 255) / 256), (unsigned)(M < 65535 ? M : 65535));
+    if (vec) swiglu_pair_kernel<true><<<grid, 256, 0, stream>>>((bf16 *)out, (const bf16 *)gu, M, F);
+    else swiglu_pair_kernel<false><<<grid, 256, 0, stream>>>((bf16 *)out, (const bf16 *)gu, M, F);
+    return cudaGetLastError();
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 /*
- * norm.cu - RMSNorm, LayerNorm (one warp per row, fp32 statistics) and GroupNorm (+ SiLU) for
- * the VAE, whose groups hold millions of elements: there the statistics are two passes of
- * partial sums over many blocks per group, accumulated in double, then a third pass writes.
+ * norm.cu - RMSNorm (alone, times a row scale, or into a gated residual add: the DiT block's fused
+ * input and output), LayerNorm (one warp per row, fp32 statistics) and GroupNorm (+ SiLU) for the
+ * VAE, whose groups hold millions of elements: there the statistics are two passes of partial sums
+ * over many blocks per group, accumulated in double, then a third pass writes.
  */
 #include "common.cuh"
 
@@ -25,21 +26,44 @@ static __device__ float row_reduce(const bf16 *x, int D, G g) {
     return warp_sum(acc);
 }
 
-/* y[d] = (x[d] - mean) * r * (w ? w[d] : 1) */
+/* y[d] = (x[d] - mean) * r * (w ? w[d] : 1) * (sc ? sc[d] : 1) */
 template <bool VEC>
-static __device__ void row_write(bf16 *y, const bf16 *x, const bf16 *w, int D, float mean, float r) {
+static __device__ void row_write(bf16 *y, const bf16 *x, const bf16 *w, const bf16 *sc, int D, float mean, float r) {
     int lane = threadIdx.x % 32;
     if (VEC) {
         for (int d = lane * 8; d < D; d += 256) {
-            float v[8], s[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+            float v[8], s[8] = {1, 1, 1, 1, 1, 1, 1, 1}, t[8] = {1, 1, 1, 1, 1, 1, 1, 1};
             ld8(v, x + d);
             if (w) ld8(s, w + d);
+            if (sc) ld8(t, sc + d);
 #pragma unroll
-            for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * r * s[j];
+            for (int j = 0; j < 8; j++) v[j] = (v[j] - mean) * r * s[j] * t[j];
             st8(y + d, v);
         }
     } else {
-        for (int d = lane; d < D; d += 32) y[d] = f2b((b2f(x[d]) - mean) * r * (w ? b2f(w[d]) : 1.0f));
+        for (int d = lane; d < D; d += 32)
+            y[d] = f2b((b2f(x[d]) - mean) * r * (w ? b2f(w[d]) : 1.0f) * (sc ? b2f(sc[d]) : 1.0f));
+    }
+}
+
+/* x[d] += (g ? g[d] : 1) * y[d] * r * w[d]: the gated residual add of a normalised branch output */
+template <bool VEC>
+static __device__ void row_add_gated(bf16 *x, const bf16 *y, const bf16 *w, const bf16 *g, int D, float r) {
+    int lane = threadIdx.x % 32;
+    if (VEC) {
+        for (int d = lane * 8; d < D; d += 256) {
+            float xv[8], yv[8], s[8] = {1, 1, 1, 1, 1, 1, 1, 1}, t[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+            ld8(xv, x + d);
+            ld8(yv, y + d);
+            if (w) ld8(s, w + d);
+            if (g) ld8(t, g + d);
+#pragma unroll
+            for (int j = 0; j < 8; j++) xv[j] += t[j] * (yv[j] * r * s[j]);
+            st8(x + d, xv);
+        }
+    } else {
+        for (int d = lane; d < D; d += 32)
+            x[d] = f2b(b2f(x[d]) + (g ? b2f(g[d]) : 1.0f) * (b2f(y[d]) * r * (w ? b2f(w[d]) : 1.0f)));
     }
 }
 
@@ -47,14 +71,24 @@ struct Square { __device__ float operator()(float v) const { return v * v; } };
 struct Ident  { __device__ float operator()(float v) const { return v; } };
 struct SqDev  { float m; __device__ float operator()(float v) const { return (v - m) * (v - m); } };
 
-/* out[m,:] = in[m,:] * rsqrt(mean(in[m,:]^2) + eps) * w */
+/* out[m,:] = in[m,:] * rsqrt(mean(in[m,:]^2) + eps) * w (* sc) */
 template <bool VEC>
-__global__ void rmsnorm_kernel(bf16 *out, const bf16 *in, const bf16 *w, int M, int D, float eps) {
+__global__ void rmsnorm_kernel(bf16 *out, const bf16 *in, const bf16 *w, const bf16 *sc, int M, int D, float eps) {
     int m = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     if (m >= M) return;
     const bf16 *x = in + (size_t)m * D;
     float ss = row_reduce<VEC>(x, D, Square{});
-    row_write<VEC>(out + (size_t)m * D, x, w, D, 0.0f, rsqrtf(ss / D + eps));
+    row_write<VEC>(out + (size_t)m * D, x, w, sc, D, 0.0f, rsqrtf(ss / D + eps));
+}
+
+/* x[m,:] += g * rmsnorm(y[m,:]) * w: one read of y and x, one write of x */
+template <bool VEC>
+__global__ void rmsnorm_add_gated_kernel(bf16 *x, const bf16 *y, const bf16 *w, const bf16 *g, int M, int D, float eps) {
+    int m = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    if (m >= M) return;
+    const bf16 *yr = y + (size_t)m * D;
+    float ss = row_reduce<VEC>(yr, D, Square{});
+    row_add_gated<VEC>(x + (size_t)m * D, yr, w, g, D, rsqrtf(ss / D + eps));
 }
 
 /* out[m,:] = (in[m,:] - mean) * rsqrt(var + eps), var from a second pass over (x - mean)^2 */
@@ -65,21 +99,41 @@ __global__ void layernorm_kernel(bf16 *out, const bf16 *in, int M, int D, float 
     const bf16 *x = in + (size_t)m * D;
     float mean = row_reduce<VEC>(x, D, Ident{}) / D;
     float var = row_reduce<VEC>(x, D, SqDev{mean}) / D;
-    row_write<VEC>(out + (size_t)m * D, x, NULL, D, mean, rsqrtf(var + eps));
+    row_write<VEC>(out + (size_t)m * D, x, NULL, NULL, D, mean, rsqrtf(var + eps));
 }
 
 static bool row_vec_ok(const void *out, const void *in, const void *w, int D) {
     return D % 8 == 0 && is_aligned16(out) && is_aligned16(in) && (!w || is_aligned16(w));
 }
 
-extern "C" cudaError_t zi_rmsnorm_cuda(void *out, const void *in, const void *w, int M, int D, float eps,
-                                       cudaStream_t stream) {
+extern "C" cudaError_t zi_rmsnorm_scale_cuda(void *out, const void *in, const void *w, const void *s, int M, int D,
+                                             float eps, cudaStream_t stream) {
     if (M == 0 || D == 0) return cudaSuccess;
     unsigned grid = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-    if (row_vec_ok(out, in, w, D))
-        rmsnorm_kernel<true><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)out, (const bf16 *)in, (const bf16 *)w, M, D, eps);
+    if (row_vec_ok(out, in, w, D) && (!s || is_aligned16(s)))
+        rmsnorm_kernel<true><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)out, (const bf16 *)in, (const bf16 *)w,
+                                                                       (const bf16 *)s, M, D, eps);
     else
-        rmsnorm_kernel<false><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)out, (const bf16 *)in, (const bf16 *)w, M, D, eps);
+        rmsnorm_kernel<false><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)out, (const bf16 *)in, (const bf16 *)w,
+                                                                        (const bf16 *)s, M, D, eps);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t zi_rmsnorm_cuda(void *out, const void *in, const void *w, int M, int D, float eps,
+                                       cudaStream_t stream) {
+    return zi_rmsnorm_scale_cuda(out, in, w, NULL, M, D, eps, stream);
+}
+
+extern "C" cudaError_t zi_rmsnorm_add_gated_cuda(void *x, const void *y, const void *w, const void *g, int M, int D,
+                                                 float eps, cudaStream_t stream) {
+    if (M == 0 || D == 0) return cudaSuccess;
+    unsigned grid = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+    if (row_vec_ok(x, y, w, D) && (!g || is_aligned16(g)))
+        rmsnorm_add_gated_kernel<true><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)x, (const bf16 *)y,
+                                                                                 (const bf16 *)w, (const bf16 *)g, M, D, eps);
+    else
+        rmsnorm_add_gated_kernel<false><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)x, (const bf16 *)y,
+                                                                                  (const bf16 *)w, (const bf16 *)g, M, D, eps);
     return cudaGetLastError();
 }
 

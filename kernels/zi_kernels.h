@@ -28,6 +28,8 @@ cudaError_t zi_unary_cuda(void *out, const void *in, int op, float s, size_t n, 
 enum { ZI_BINARY_ADD, ZI_BINARY_SWIGLU };
 /* out[n] = a + b, or silu(a) * b */
 cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, int op, size_t n, cudaStream_t stream);
+/* out[m,f] = silu(gu[m,f]) * gu[m,F+f] for gu[M,2F] (merged gate/up projection) */
+cudaError_t zi_swiglu_pair_cuda(void *out, const void *gu, int M, int F, cudaStream_t stream);
 /* out[M,D] = in[M,D] * s[D] */
 cudaError_t zi_mul_rows_cuda(void *out, const void *in, const void *s, int M, int D, cudaStream_t stream);
 /* x[M,D] += g[D] * y[M,D]  (g NULL: x += y) */
@@ -78,6 +80,12 @@ cudaError_t zi_groupnorm_stats_cuda(float *stats, float *partials, const void *i
 /* ---- normalisation (norm.cu) ---- */
 /* out[M,D] = in / sqrt(mean(in^2) + eps) (* w[D] if w) */
 cudaError_t zi_rmsnorm_cuda(void *out, const void *in, const void *w, int M, int D, float eps, cudaStream_t stream);
+/* out[M,D] = in / sqrt(mean(in^2) + eps) * w[D] * s[D] (w or s NULL: 1) */
+cudaError_t zi_rmsnorm_scale_cuda(void *out, const void *in, const void *w, const void *s, int M, int D, float eps,
+                                  cudaStream_t stream);
+/* x[M,D] += g[D] * y / sqrt(mean(y^2) + eps) * w[D] (g or w NULL: 1) */
+cudaError_t zi_rmsnorm_add_gated_cuda(void *x, const void *y, const void *w, const void *g, int M, int D, float eps,
+                                      cudaStream_t stream);
 /* out[M,D] = (in - mean) / sqrt(var + eps) */
 cudaError_t zi_layernorm_cuda(void *out, const void *in, int M, int D, float eps, cudaStream_t stream);
 /* out[B,C,HW] = groupnorm(in) (* gamma + beta) (then SiLU); stats: device double[2*B*G] scratch */
@@ -87,14 +95,25 @@ cudaError_t zi_groupnorm_cuda(void *out, const void *in, const void *gamma, cons
 /* ---- position (rope.cu) ---- */
 /* x[S,NH,HD] rotated in place by cs[S,HD/2,2] (fp32); interleaved pairs (2j,2j+1), else (j,j+HD/2) */
 cudaError_t zi_rope_cuda(void *x, const float *cs, int S, int NH, int HD, int interleaved, cudaStream_t stream);
+/* qkv[S,(NH+2NKV)HD] -> q[S,NH,HD], k[S,NKV,HD] RMS-normalised per head with wq / wk (both NULL: no norm)
+   and rotated as zi_rope_cuda, v[S,NKV,HD] copied; HD even, at most 256 */
+cudaError_t zi_qkv_norm_rope_cuda(void *q, void *k, void *v, const void *qkv, const void *wq, const void *wk,
+                                  const float *cs, int S, int NH, int NKV, int HD, float eps, int interleaved,
+                                  cudaStream_t stream);
 
 /* ---- attention (attention.cu) ---- */
 /* out[S,NH*HD] = softmax(q k^T * scale (+ causal mask)) v per head; q[S,NH*HD], k/v[S,NKV*HD].
-   Tensor-core kernel for HD in {32,64,96,128} with 16-byte aligned buffers and scale > 0; a CUDA-core
-   kernel for any other HD up to 1024 (ops_cuda.c sends HD > 128 to cuBLASLt GEMMs first).
+   Tensor-core kernel for HD in {32,64,96,128} with 16-byte aligned buffers and scale > 0 (HD = 128 on
+   Hopper: zi_attention_sm90_cuda); a CUDA-core kernel for any other HD up to 1024 (ops_cuda.c sends
+   HD > 128 to cuBLASLt GEMMs first).
    cudaErrorInvalidValue for a head dim it cannot take. */
 cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV, int HD,
                               int causal, float scale, cudaStream_t stream);
+/* The Hopper path of zi_attention_cuda (attention_sm90.cu): wgmma + TMA flash attention for HD == 128 with
+   16-byte aligned buffers and scale > 0, on a compute capability 9.x device whose loaded code is sm_90a.
+   *taken = 0 (nothing launched, cudaSuccess) when it cannot run this call; ZIMAGE_ATTN_SM90=0 turns it off. */
+cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV,
+                                   int HD, int causal, float scale, cudaStream_t stream, int *taken);
 
 /* p[r, j] (bf16) = softmax_j(s[r, j]) over j < cols (row stride ld, fp32 scores already scaled); causal:
    only j <= row0 + r count, the rest of the row is 0. Used by the GEMM attention path for HD > 128. */

@@ -6,7 +6,9 @@
  * path, "im2col") and the implicit-GEMM kernel (auto tile, then each tile configuration "t1".."t8"),
  * the fused groupnorm+conv and upsample+conv ops, and the NCHW -> NHWC input packing alone.
  * Random bf16 inputs (never zeros), 3 warm-up calls, then the median of REPS timed calls, each
- * bracketed by a stream synchronize (host clock). Prints ms and TFLOP/s (GB/s for the packing).
+ * bracketed by a stream synchronize (host clock), and the mean of REPS calls issued back to back
+ * between two synchronizes (launch latency hidden, as in event timings). Prints ms and TFLOP/s (GB/s
+ * for the packing), and first whether the sm_90a attention kernel takes HD = 128 here.
  * Build and run: make -C benchmarks/kernels bench   (see the Makefile there); bench_ops [substring]
  */
 #include "ops.h"
@@ -68,7 +70,8 @@ static zi_status run(ZiBackend *be, const Case *c, void **buf) {
     int pad = c->d / 2, Ci = c->a, H = c->b, Co = c->c, k = c->d;
     switch (c->kind) {
     case B_MATMUL: return be->ops->matmul(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->c);
-    case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->b, c->c, 0, 0.0883883f);
+    case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->d ? c->d : c->b, c->c, c->e,
+                                           0.0883883f);
     default:
         if (c->e == CONV_GN)
             return be->ops->groupnorm_conv2d(be, buf[0], buf[1], NULL, buf[4], buf[5], buf[2], buf[3], 1, Ci, H, H, Co, k,
@@ -95,10 +98,12 @@ int main(int argc, char **argv) {
         {B_MATMUL, 4128, 3840, 10240, 0, 0, "matmul M=4128 K=3840 N=10240"},
         {B_MATMUL, 4128, 10240, 3840, 0, 0, "matmul M=4128 K=10240 N=3840"},
         {B_ATTN, 4128, 30, 128, 0, 0, "attention S=4128 NH=30 HD=128"},
+        {B_ATTN, 1024, 32, 128, 8, 1, "attention S=1024 NH=32 NKV=8 HD=128 causal"},
         {B_ATTN, 16384, 1, 512, 0, 0, "attention S=16384 NH=1 HD=512 (VAE 1024^2)"},
         {B_ATTN, 4096, 1, 512, 0, 0, "attention S=4096 NH=1 HD=512 (VAE 512^2)"},
     };
-    size_t ncases = 6;
+    size_t ncases = 0; /* the cases above, then the generated conv cases */
+    while (cases[ncases].what[0]) ncases++;
     void *conv_buf[6] = {0};
     /* the decoder's convolutions at a 1024^2 image (Ci, size, Co, k), each through the old and new paths */
     static const int shapes[][4] = {{512, 128, 512, 3}, {512, 256, 512, 3}, {512, 512, 512, 3}, {512, 512, 256, 3},
@@ -120,7 +125,17 @@ int main(int argc, char **argv) {
     cases[ncases++] = (Case){B_CONV, 256, 1024, 256, 3, CONV_UP, "upsample_conv2d 256->256 @512->1024"};
     cases[ncases++] = (Case){B_CONV, 512, 512, 512, 3, CONV_UP, "upsample_conv2d 512->512 @256->512"};
     cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_PACK, "conv pack NCHW->NHWC 128ch @1024 (GB/s)"};
-    printf("%-44s %10s %10s\n", "op", "median ms", "TFLOP/s");
+    {
+        /* which attention kernel runs HD = 128 on this device and binary (ZIMAGE_ATTN_SM90=0: the old one) */
+        void *b[4] = {0};
+        int taken = 0;
+        for (int j = 0; j < 4; j++) b[j] = rand_buf(be, 256 * 2 * 128, 1);
+        cudaError_t e = zi_attention_sm90_cuda(b[0], b[1], b[2], b[3], 256, 2, 2, 128, 0, 0.0883883f, 0, &taken);
+        if (e == cudaSuccess) e = cudaDeviceSynchronize();
+        printf("sm_90a attention kernel: %s (%s)\n", taken ? "taken" : "not taken", cudaGetErrorString(e));
+        for (int j = 0; j < 4; j++) be->ops->free(be, b[j]);
+    }
+    printf("%-44s %10s %10s %10s %10s\n", "op", "median ms", "TFLOP/s", "b2b ms", "TFLOP/s");
     for (size_t i = 0; i < ncases; i++) {
         const Case *c = &cases[i];
         if (filter && !strstr(c->what, filter)) continue;
@@ -132,9 +147,9 @@ int main(int argc, char **argv) {
             buf[3] = i == 0 ? rand_buf(be, N, 1) : NULL;
             flop = 2.0 * M * N * K;
         } else if (c->kind == B_ATTN) {
-            size_t n = (size_t)c->a * c->b * c->c;
-            for (int j = 0; j < 4; j++) buf[j] = rand_buf(be, n, 1);
-            flop = 4.0 * c->a * (double)c->a * c->c * c->b;
+            size_t n = (size_t)c->a * c->b * c->c, nkv = (size_t)c->a * (c->d ? c->d : c->b) * c->c;
+            for (int j = 0; j < 4; j++) buf[j] = rand_buf(be, j == 0 || j == 1 ? n : nkv, 1);
+            flop = 4.0 * c->a * (double)c->a * c->c * c->b * (c->e ? 0.5 : 1.0); /* causal: half the pairs */
         } else {
             size_t Ci = c->a, Co = c->c, P = (size_t)c->b * c->b, kk = (size_t)c->d * c->d;
             if (!conv_buf[0]) { /* kept while the next case has the same shape */
@@ -156,11 +171,19 @@ int main(int argc, char **argv) {
             if (st == ZI_OK) st = be->ops->synchronize(be);
             t[r] = now() - t0;
         }
+        double b2b = 0.0;
+        if (st == ZI_OK) {
+            double t0 = now();
+            for (int r = 0; r < REPS && st == ZI_OK; r++) st = run(be, c, buf);
+            if (st == ZI_OK) st = be->ops->synchronize(be);
+            b2b = (now() - t0) / REPS;
+        }
         if (st != ZI_OK) {
             printf("%-44s FAILED: %s\n", c->what, zi_last_error());
         } else {
             qsort(t, REPS, sizeof t[0], cmp);
-            printf("%-44s %10.3f %10.1f\n", c->what, t[REPS / 2] * 1e3, flop / t[REPS / 2] / 1e12);
+            printf("%-44s %10.3f %10.1f %10.3f %10.1f\n", c->what, t[REPS / 2] * 1e3, flop / t[REPS / 2] / 1e12,
+                   b2b * 1e3, flop / b2b / 1e12);
         }
         const Case *nx = i + 1 < ncases ? &cases[i + 1] : NULL;
         int keep = c->kind == B_CONV && nx && nx->kind == B_CONV && nx->a == c->a && nx->b == c->b && nx->c == c->c &&

@@ -44,6 +44,17 @@ def main():
         q, k, v = (torch.randn(1, NH, S, HD, device=dev, dtype=dt) for _ in range(3))
         ms = timed(lambda: F.scaled_dot_product_attention(q, k, v))
         print(f"{f'sdpa S={S} NH={NH} HD={HD}':44s} {ms:10.3f} {4 * S * S * HD * NH / ms / 1e9:10.1f}")
+    # our layout: token-major [S, NH*HD], seen by SDPA as a strided [1, NH, S, HD] view
+    S, NH, HD = 4128, 30, 128
+    q, k, v = (torch.randn(1, S, NH, HD, device=dev, dtype=dt).transpose(1, 2) for _ in range(3))
+    ms = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+    print(f"{f'sdpa S={S} NH={NH} HD={HD} token-major':44s} {ms:10.3f} {4 * S * S * HD * NH / ms / 1e9:10.1f}")
+    # the text encoder's shape (Qwen3-4B: 32 query heads, 8 kv heads), causal
+    S, NH, NKV, HD = 1024, 32, 8, 128
+    q = torch.randn(1, NH, S, HD, device=dev, dtype=dt)
+    k, v = (torch.randn(1, NKV, S, HD, device=dev, dtype=dt) for _ in range(2))
+    ms = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    print(f"{f'sdpa S={S} NH={NH} NKV={NKV} HD={HD} causal':44s} {ms:10.3f} {2 * S * S * HD * NH / ms / 1e9:10.1f}")
 
 
 if __name__ == "__main__":

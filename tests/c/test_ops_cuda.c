@@ -173,15 +173,18 @@ done:
     ten_free(t, &y);
 }
 
-static void test_attention(T *t, int S, int NH, int NKV, int HD, int causal, int off) {
-    char name[96];
-    snprintf(name, sizeof name, "attention S=%d NH=%d NKV=%d HD=%d%s%s", S, NH, NKV, HD, causal ? " causal" : "",
-             off ? " unaligned" : "");
+/* q, k uniform in [-qk_amp, qk_amp] (1.7: unit variance, as after RMSNorm; the larger the amplitude, the
+   more peaked the softmax and the more the running max moves between key tiles), v in [-1, 1] */
+static void test_attention_amp(T *t, int S, int NH, int NKV, int HD, int causal, int off, float qk_amp) {
+    char name[96], amp[24] = "";
+    if (qk_amp != 3.0f) snprintf(amp, sizeof amp, " qk=%g", qk_amp);
+    snprintf(name, sizeof name, "attention S=%d NH=%d NKV=%d HD=%d%s%s%s", S, NH, NKV, HD, causal ? " causal" : "",
+             off ? " unaligned" : "", amp);
     if (skip(name)) return;
     Ten q, k, v, o;
     float sc = 1.0f / sqrtf((float)HD);
-    ten_rand(t, &q, (size_t)S * NH * HD, -3, 3, off);
-    ten_rand(t, &k, (size_t)S * NKV * HD, -3, 3, 0);
+    ten_rand(t, &q, (size_t)S * NH * HD, -qk_amp, qk_amp, off);
+    ten_rand(t, &k, (size_t)S * NKV * HD, -qk_amp, qk_amp, 0);
     ten_rand(t, &v, (size_t)S * NKV * HD, -1, 1, 0);
     ten_out(t, &o, (size_t)S * NH * HD, 0);
     t->cpu->ops->attention(t->cpu, o.c, q.c, k.c, v.c, S, NH, NKV, HD, causal, sc);
@@ -193,6 +196,10 @@ done:
     ten_free(t, &k);
     ten_free(t, &v);
     ten_free(t, &o);
+}
+
+static void test_attention(T *t, int S, int NH, int NKV, int HD, int causal, int off) {
+    test_attention_amp(t, S, NH, NKV, HD, causal, off, 3.0f);
 }
 
 static void test_rmsnorm(T *t, int M, int D, int weight, int off) {
@@ -339,6 +346,108 @@ done:
     t->gpu->ops->free(t->gpu, dcs);
     free(cs);
     ten_free(t, &x);
+}
+
+// fused DiT ops
+
+static void test_rmsnorm_scale(T *t, int M, int D, int scaled, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm_scale M=%d D=%d%s%s", M, D, scaled ? "" : " (s NULL)", off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten x, w, s = {0}, y;
+    ten_rand(t, &x, (size_t)M * D, -3, 3, off);
+    ten_rand(t, &w, D, 0.5f, 1.5f, 0);
+    if (scaled) ten_rand(t, &s, D, 0.2f, 2.0f, 0);
+    ten_out(t, &y, (size_t)M * D, 0);
+    t->cpu->ops->rmsnorm_scale(t->cpu, y.c, x.c, w.c, scaled ? s.c : NULL, M, D, 1e-5f);
+    t->cpu->ops->rmsnorm_scale(t->cpu, y.r, x.r, w.r, scaled ? s.r : NULL, M, D, 1e-5f);
+    GPU_OK(t, name, t->gpu->ops->rmsnorm_scale(t->gpu, y.d, x.d, w.d, scaled ? s.d : NULL, M, D, 1e-5f));
+    check(t, name, &y);
+done:
+    ten_free(t, &x);
+    ten_free(t, &w);
+    if (scaled) ten_free(t, &s);
+    ten_free(t, &y);
+}
+
+static void test_rmsnorm_add_gated(T *t, int M, int D, int gated) {
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm_add_gated M=%d D=%d%s", M, D, gated ? " g" : " (g NULL)");
+    if (skip(name)) return;
+    Ten x, y, w, g = {0};
+    ten_rand(t, &x, (size_t)M * D, -2, 2, 0); /* updated in place: x is the output */
+    ten_rand(t, &y, (size_t)M * D, -30, 30, 0);
+    ten_rand(t, &w, D, 0.5f, 1.5f, 0);
+    if (gated) ten_rand(t, &g, D, -1, 1, 0);
+    t->cpu->ops->rmsnorm_add_gated(t->cpu, x.c, y.c, w.c, gated ? g.c : NULL, M, D, 1e-5f);
+    t->cpu->ops->rmsnorm_add_gated(t->cpu, x.r, y.r, w.r, gated ? g.r : NULL, M, D, 1e-5f);
+    GPU_OK(t, name, t->gpu->ops->rmsnorm_add_gated(t->gpu, x.d, y.d, w.d, gated ? g.d : NULL, M, D, 1e-5f));
+    check(t, name, &x);
+done:
+    ten_free(t, &x);
+    ten_free(t, &y);
+    ten_free(t, &w);
+    if (gated) ten_free(t, &g);
+}
+
+static void test_swiglu_pair(T *t, int M, int F, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "swiglu_pair M=%d F=%d%s", M, F, off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten gu, y;
+    ten_rand(t, &gu, (size_t)M * 2 * F, -4, 4, off);
+    ten_out(t, &y, (size_t)M * F, 0);
+    t->cpu->ops->swiglu_pair(t->cpu, y.c, gu.c, M, F);
+    t->cpu->ops->swiglu_pair(t->cpu, y.r, gu.r, M, F);
+    GPU_OK(t, name, t->gpu->ops->swiglu_pair(t->gpu, y.d, gu.d, M, F));
+    check(t, name, &y);
+done:
+    ten_free(t, &gu);
+    ten_free(t, &y);
+}
+
+/* q, k and v of one merged projection; checked one output at a time */
+static void test_qkv_norm_rope(T *t, int S, int NH, int NKV, int HD, int norm, int interleaved) {
+    char name[96];
+    snprintf(name, sizeof name, "qkv_norm_rope S=%d NH=%d NKV=%d HD=%d%s %s", S, NH, NKV, HD, norm ? " norm" : "",
+             interleaved ? "interleaved" : "rotate-half");
+    if (skip(name)) return;
+    Ten qkv, wq = {0}, wk = {0}, q, k, v;
+    size_t ncs = (size_t)S * HD;
+    float *cs = malloc(ncs * sizeof(float)), *dcs = NULL;
+    for (size_t i = 0; i < ncs / 2; i++) {
+        float a = urand(t, -6.3f, 6.3f);
+        cs[2 * i] = cosf(a);
+        cs[2 * i + 1] = sinf(a);
+    }
+    ten_rand(t, &qkv, (size_t)S * (NH + 2 * NKV) * HD, -8, 8, 0);
+    if (norm) { ten_rand(t, &wq, HD, 0.5f, 1.5f, 0); ten_rand(t, &wk, HD, 0.5f, 1.5f, 0); }
+    ten_out(t, &q, (size_t)S * NH * HD, 0);
+    ten_out(t, &k, (size_t)S * NKV * HD, 0);
+    ten_out(t, &v, (size_t)S * NKV * HD, 0);
+    if (t->gpu->ops->alloc(t->gpu, (void **)&dcs, ncs * sizeof(float)) != ZI_OK) { fail_status(t, name); goto done; }
+    GPU_OK(t, name, t->gpu->ops->upload_f32(t->gpu, dcs, cs, ncs));
+    t->cpu->ops->qkv_norm_rope(t->cpu, q.c, k.c, v.c, qkv.c, norm ? wq.c : NULL, norm ? wk.c : NULL, cs, S, NH, NKV, HD,
+                               1e-5f, interleaved);
+    t->cpu->ops->qkv_norm_rope(t->cpu, q.r, k.r, v.r, qkv.r, norm ? wq.r : NULL, norm ? wk.r : NULL, cs, S, NH, NKV, HD,
+                               1e-5f, interleaved);
+    GPU_OK(t, name, t->gpu->ops->qkv_norm_rope(t->gpu, q.d, k.d, v.d, qkv.d, norm ? wq.d : NULL, norm ? wk.d : NULL, dcs,
+                                               S, NH, NKV, HD, 1e-5f, interleaved));
+    char sub[112];
+    snprintf(sub, sizeof sub, "%s [q]", name);
+    check(t, sub, &q);
+    snprintf(sub, sizeof sub, "%s [k]", name);
+    check(t, sub, &k);
+    snprintf(sub, sizeof sub, "%s [v]", name);
+    check(t, sub, &v);
+done:
+    t->gpu->ops->free(t->gpu, dcs);
+    free(cs);
+    ten_free(t, &qkv);
+    if (norm) { ten_free(t, &wq); ten_free(t, &wk); }
+    ten_free(t, &q);
+    ten_free(t, &k);
+    ten_free(t, &v);
 }
 
 static void test_copy(T *t, size_t n, int overlap) {
@@ -944,6 +1053,18 @@ int main(int argc, char **argv) {
     test_attention(&t, 2500, 1, 1, 512, 0, 0);   /* 40 chunks of 64 rows (1 MiB scratch) */
     test_attention(&t, 700, 2, 1, 256, 1, 0);    /* causal GQA over 3 chunks */
     test_attention(&t, 100, 1, 1, 512, 0, 1);
+    /* HD = 128, aligned, non-causal: the sm_90a kernel on Hopper (key and query tails: S % 128 != 0) */
+    test_attention_amp(&t, 1, 2, 2, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 77, 3, 1, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 128, 2, 2, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 300, 4, 2, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 1000, 2, 1, 128, 0, 0, 1.7f);
+    test_attention_amp(&t, 4128, 2, 2, 128, 0, 0, 1.7f); /* the DiT's sequence length */
+    test_attention_amp(&t, 2100, 4, 2, 128, 0, 0, 1.7f); /* 68 tiles: on 132 SMs no half-tile tail */
+    test_attention_amp(&t, 1000, 2, 2, 128, 0, 0, 6.8f); /* 4x: scores of std ~15, the max moves a lot */
+    test_attention_amp(&t, 300, 3, 3, 128, 0, 0, 6.8f);
+    test_attention_amp(&t, 1000, 2, 1, 128, 1, 0, 1.7f); /* causal, diagonal tiles masked */
+    test_attention_amp(&t, 129, 2, 2, 128, 1, 0, 6.8f);
 
     test_rmsnorm(&t, 1, 128, 1, 0);
     test_rmsnorm(&t, 5, 3840, 1, 0);
@@ -973,6 +1094,21 @@ int main(int argc, char **argv) {
     test_rope(&t, 5, 3, 64, 0);
     test_rope(&t, 1, 2, 128, 1);
     test_rope(&t, 7, 2, 6, 0);
+    test_rmsnorm_scale(&t, 5, 3840, 1, 0);
+    test_rmsnorm_scale(&t, 7, 33, 1, 0);
+    test_rmsnorm_scale(&t, 3, 64, 0, 1);
+    test_rmsnorm_add_gated(&t, 5, 3840, 1);
+    test_rmsnorm_add_gated(&t, 3, 7, 1);
+    test_rmsnorm_add_gated(&t, 4, 64, 0);
+    test_swiglu_pair(&t, 5, 10240, 0);
+    test_swiglu_pair(&t, 3, 7, 0);
+    test_swiglu_pair(&t, 4, 64, 1);
+    test_qkv_norm_rope(&t, 37, 30, 30, 128, 1, 1);  /* the DiT's layout (HD = 128 fast path) */
+    test_qkv_norm_rope(&t, 9, 32, 8, 128, 1, 0);    /* Qwen3's layout: GQA, rotate-half (fast path) */
+    test_qkv_norm_rope(&t, 4, 3, 3, 128, 0, 1);     /* fast path without norm */
+    test_qkv_norm_rope(&t, 5, 4, 2, 64, 1, 0);      /* GQA, rotate-half */
+    test_qkv_norm_rope(&t, 3, 2, 1, 6, 0, 1);       /* tiny head, no norm */
+    test_qkv_norm_rope(&t, 2, 1, 1, 256, 1, 0);     /* widest head the fused op takes */
 
     test_copy(&t, 1, 0);
     test_copy(&t, 1001, 0);

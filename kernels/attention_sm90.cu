@@ -1,0 +1,522 @@
+/*
+ * attention_sm90.cu - flash-attention forward for Hopper (sm_90a) at head dim 128: the fast path
+ * behind zi_attention_cuda (attention.cu) on compute capability 9.x devices.
+ *
+ * attention_sm90_kernel: one CTA = 128 query rows of one head, 3 warpgroups (384 threads).
+ *   warpgroup 0, the producer: one thread issues TMA tile loads (cp.async.bulk.tensor, 128-byte
+ *     swizzle, tensor maps encoded on the host) of the Q tile and of the K and V tiles of 128 keys
+ *     into a ring of A90_STAGES shared-memory stages; an mbarrier per tile says "landed" (full) and
+ *     one per stage and operand says "free again" (empty). Rows past S arrive as zeros.
+ *   warpgroups 1 and 2, the consumers: 64 query rows each. Per key tile t:
+ *     S_t = Q K_t^T       wgmma m64n128k16, Q and K both K-major from shared memory (8 k-steps);
+ *     online softmax      in registers on the fp32 accumulators, base 2 with the scale folded into
+ *                         one FMA, keys >= S (and, causal, keys > row) set to -inf first;
+ *     O += P_t V_t        wgmma m64n128k16 with P (bf16) as the register A operand (the S
+ *                         accumulator layout is the A-fragment layout) and V MN-major from shared
+ *                         memory (transposed B), 8 k-steps of 16 keys.
+ *     The loop is software-pipelined inside the warpgroup: S_t = Q K_t^T and O += P_{t-1} V_{t-1}
+ *     are issued back to back, the softmax of tile t runs while the tensor cores do P_{t-1} V_{t-1}.
+ *   The output is divided by the row sums, staged as bf16 through the warpgroup's (now unused) part
+ *   of the Q tile and written with 16-byte coalesced stores; rows >= S are not stored.
+ *   setmaxnreg moves registers from the producer (A90_PRODUCER_REGS) to the consumers.
+ *   Lab knobs (-D...): ZI_ATTN90_STAGES (ring depth), ZI_ATTN90_PINGPONG (the consumers take turns
+ *   issuing their wgmma batches, FA3's inter-warpgroup schedule). Timings: benchmarks/kernels/README.md.
+ *
+ * All sm_90a-only device code is inside `#if ... __CUDA_ARCH_FEAT_SM90_ALL`: the file compiles for
+ * every arch of the fat binary, and sm90a_probe_kernel tells the host (once per device) whether the
+ * loaded binary really holds sm_90a code, so an sm_80-only build JIT-compiled on an H100 never runs
+ * the empty kernel body.
+ * The tensor-map encoder comes from cudaGetDriverEntryPointByVersion (cudart is linked statically,
+ * libcuda is not linked). Environment: ZIMAGE_ATTN_SM90=0 turns this path off (read once).
+ */
+#include "common.cuh"
+
+#include <cuda.h> /* CUtensorMap and its enums (types only; no libcuda symbol is referenced) */
+#include <cudaTypedefs.h>
+#include <math.h>
+#include <stdlib.h>
+
+#define A90_HD 128            /* head dim (the only one this kernel takes)                     */
+#define A90_BM 128            /* query rows per CTA = 2 consumer warpgroups x 64               */
+#define A90_BN 128            /* keys per tile                                                 */
+#ifndef ZI_ATTN90_STAGES
+#define ZI_ATTN90_STAGES 2    /* K/V ring depth (lab knob: 2 or 3)                             */
+#endif
+#define A90_STAGES ZI_ATTN90_STAGES
+#ifndef ZI_ATTN90_PINGPONG
+#define ZI_ATTN90_PINGPONG 0  /* lab knob: 1 makes the consumers take turns issuing their wgmma */
+#endif
+#define A90_THREADS 384
+#define A90_PRODUCER_REGS 40
+#define A90_CONSUMER_REGS 232 /* 128 x 40 + 256 x 232 <= 65536                                 */
+
+/* shared memory, from a 1024-byte aligned base (the 128-byte swizzle repeats every 1024 bytes):
+   Q [2 halves of 64 dims][128 rows][128 B], then per stage K and V [2 halves][128 keys][128 B],
+   then the mbarriers */
+#define A90_HALF_Q (A90_BM * 128)
+#define A90_HALF_KV (A90_BN * 128)
+#define A90_Q_BYTES (2 * A90_HALF_Q)
+#define A90_KV_BYTES (2 * A90_HALF_KV)
+#define A90_K_OFF A90_Q_BYTES
+#define A90_V_OFF (A90_K_OFF + A90_STAGES * A90_KV_BYTES)
+#define A90_BAR_OFF (A90_V_OFF + A90_STAGES * A90_KV_BYTES)
+#define A90_NBAR (1 + 4 * A90_STAGES) /* q_full, k_full[], v_full[], k_empty[], v_empty[] */
+#define A90_SMEM_BYTES (1024 + A90_BAR_OFF + 8 * A90_NBAR)
+
+#define A90_LOG2E 1.4426950408889634f
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define A90_DEVICE_CODE 1
+#endif
+
+// ----------------------------------------------------------------------------------------------
+// PTX wrappers (sm_90a)
+
+#ifdef A90_DEVICE_CODE
+static __device__ __forceinline__ uint32_t a90_smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+static __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+static __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+/* spin until the barrier's phase with parity `parity` has completed */
+static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile(
+        "{\n"
+        ".reg .pred done;\n"
+        "WAIT_%=:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra WAIT_%=;\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+
+/* box of the 2D tensor map at (c0 = column, c1 = row) -> shared memory, completion counted on bar */
+static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+/* wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading / stride byte
+   offsets (>> 4 each), layout type 1 in bits 62-63; base offset 0 (every tile is 1024-byte aligned) */
+static __device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)((lbo >> 4) & 0x3FFF) << 16 |
+           (uint64_t)((sbo >> 4) & 0x3FFF) << 32 | (uint64_t)1 << 62;
+}
+
+static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+static __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+
+/* keeps the compiler from moving accesses of registers that an in-flight wgmma owns across this point */
+static __device__ __forceinline__ void reg_fence(float (&d)[64]) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+static __device__ __forceinline__ void reg_fence(uint32_t (&d)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+r"(d[i])::"memory");
+}
+
+#define A90_D64_STR                                                                                          \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                             \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                    \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                     \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define A90_D64_OPS(d)                                                                                       \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),           \
+        "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),           \
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),           \
+        "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),           \
+        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),           \
+        "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),           \
+        "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
+/* d[64x128] (+)= A[64x16] B[16x128]; A and B K-major in shared memory; accumulate == 0 overwrites d */
+static __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " A90_D64_STR ", %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : A90_D64_OPS(d)
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+
+/* d[64x128] += A[64x16] B[16x128]; A in registers (4 x bf16x2 per thread), B MN-major in shared memory */
+static __device__ __forceinline__ void wgmma_rs(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint64_t db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " A90_D64_STR
+                 ", {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+                 : A90_D64_OPS(d)
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db));
+}
+
+static __device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+// ----------------------------------------------------------------------------------------------
+// consumer: 64 query rows (rows q0 + 64 cw ...), 128 threads
+
+/* Online softmax of one tile on the fp32 scores s (in place: s becomes p = 2^((s - m) scale log2e)).
+   Accumulator layout (per warp 16 rows): s[4 nb + e] is row g + 8 (e >> 1), key nb*8 + 2 tq + (e & 1). */
+static __device__ __forceinline__ void a90_softmax(float (&s)[64], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                   bool mask, int key0, int row0, int S, int causal, float sl2) {
+    int lane = threadIdx.x % 32, tq = lane % 4;
+    if (mask) {
+#pragma unroll
+        for (int nb = 0; nb < 16; nb++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = key0 + nb * 8 + 2 * tq + (e & 1), row = row0 + 8 * (e >> 1);
+                if (key >= S || (causal && key > row)) s[4 * nb + e] = -INFINITY;
+            }
+    }
+    float mx[2] = {m[0], m[1]};
+#pragma unroll
+    for (int nb = 0; nb < 16; nb++) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[4 * nb], s[4 * nb + 1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[4 * nb + 2], s[4 * nb + 3]));
+    }
+    float msub[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        /* every row has a valid key in every tile it visits (key 0 in tile 0; the diagonal key in a
+           causal diagonal tile), so mx is finite; m = -inf before the first tile gives alpha = 0 */
+        msub[r] = mx[r] * sl2;
+        alpha[r] = fast_exp2(fmaf(m[r], sl2, -msub[r]));
+        m[r] = mx[r];
+    }
+    float lsum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int nb = 0; nb < 16; nb++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float p = fast_exp2(fmaf(s[4 * nb + e], sl2, -msub[e >> 1]));
+            s[4 * nb + e] = p;
+            lsum[e >> 1] += p;
+        }
+#pragma unroll
+    for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + lsum[r];
+}
+
+/* S = Q K^T for this warpgroup's 64 rows: 8 k-steps of 16 dims; dim d of a row lives in half d / 64
+   at byte (d % 64) * 2 of the (swizzled) 128-byte row, so k-step kk starts 32 (kk % 4) bytes into
+   half kk / 4. Stride between 8-row groups: 1024 bytes. */
+static __device__ __forceinline__ void a90_issue_qk(float (&s)[64], uint32_t q_addr, uint32_t k_addr) {
+    reg_fence(s);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < A90_HD / 16; kk++) {
+        uint32_t off = (kk % 4) * 32;
+        uint64_t da = wg_desc(q_addr + (kk / 4) * A90_HALF_Q + off, 16, 1024);
+        uint64_t db = wg_desc(k_addr + (kk / 4) * A90_HALF_KV + off, 16, 1024);
+        wgmma_ss(s, da, db, kk > 0);
+    }
+    wg_commit();
+    reg_fence(s);
+}
+
+/* O += P V: 8 k-steps of 16 keys. V is [keys][dims] (MN-major for this product): within a half, key j
+   is row j (128 bytes, 64 dims), 8-key groups 1024 bytes apart (SBO), the second 64 dims one half
+   further (LBO); k-step ks starts at key 16 ks = byte 2048 ks. */
+static __device__ __forceinline__ void a90_issue_pv(float (&o)[64], uint32_t (&p)[32], uint32_t v_addr) {
+    reg_fence(o);
+    reg_fence(p);
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < A90_BN / 16; ks++) {
+        uint64_t db = wg_desc(v_addr + ks * 2048, A90_HALF_KV, 1024);
+        wgmma_rs(o, p[4 * ks], p[4 * ks + 1], p[4 * ks + 2], p[4 * ks + 3], db);
+    }
+    wg_commit();
+    reg_fence(o);
+    reg_fence(p);
+}
+
+/* p (bf16 A fragments of O += P V) from the probabilities in s: k-step ks covers keys 16 ks .. 16 ks + 15
+   = accumulator blocks 2 ks and 2 ks + 1; fragment order (row g, k lo), (g + 8, lo), (g, hi), (g + 8, hi) */
+static __device__ __forceinline__ void a90_pack_p(uint32_t (&p)[32], const float (&s)[64]) {
+#pragma unroll
+    for (int ks = 0; ks < A90_BN / 16; ks++) {
+        p[4 * ks + 0] = pack_bf16x2(s[8 * ks + 0], s[8 * ks + 1]);
+        p[4 * ks + 1] = pack_bf16x2(s[8 * ks + 2], s[8 * ks + 3]);
+        p[4 * ks + 2] = pack_bf16x2(s[8 * ks + 4], s[8 * ks + 5]);
+        p[4 * ks + 3] = pack_bf16x2(s[8 * ks + 6], s[8 * ks + 7]);
+    }
+}
+/* Ping-pong (ZI_ATTN90_PINGPONG): the two consumer warpgroups take turns issuing their wgmma batches, so
+   one's softmax runs while the other's matrix products do. Turns alternate 0, 1, 0, 1, ...; consumer w
+   waits on named barrier 3 + w (its 128 threads) until the other one passed it on (128 arrivals).
+   Consumer 0 takes its first turn unasked, and consumer 1 does not pass on after its last turn, so
+   every barrier phase gets exactly 256 arrivals. */
+static __device__ __forceinline__ void pp_wait(int cw) { asm volatile("bar.sync %0, 256;\n" ::"r"(3 + cw) : "memory"); }
+static __device__ __forceinline__ void pp_pass(int cw) { asm volatile("bar.arrive %0, 256;\n" ::"r"(4 - cw) : "memory"); }
+#endif /* A90_DEVICE_CODE */
+
+// ----------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(A90_THREADS, 1)
+    attention_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                          const __grid_constant__ CUtensorMap tm_v, bf16 *out, int S, int NH, int NKV, float sl2,
+                          int causal, int n_qt) {
+#ifdef A90_DEVICE_CODE
+    extern __shared__ unsigned char a90_smem_raw[];
+    /* offset from the array itself (not an integer round-trip) keeps the accesses below st/ld.shared */
+    unsigned char *sm = a90_smem_raw + ((1024 - (a90_smem_u32(a90_smem_raw) & 1023)) & 1023);
+    uint32_t sbase = a90_smem_u32(sm);
+    uint32_t q_full = sbase + A90_BAR_OFF, k_full = q_full + 8, v_full = k_full + 8 * A90_STAGES,
+             k_empty = v_full + 8 * A90_STAGES, v_empty = k_empty + 8 * A90_STAGES; /* + 8 * stage */
+
+    /* tile of this CTA (1D grid, dispatched about in index order). Non-causal: head-major (the CTAs of
+       a wave share K/V in L2). Causal: the longest q-tiles first, all heads of one q-tile together. */
+    int b = blockIdx.x, qt = causal ? n_qt - 1 - b / NH : b % n_qt, h = causal ? b % NH : b / n_qt;
+    int kvh = h / (NH / NKV), q0 = qt * A90_BM;
+    int n_tiles = (S + A90_BN - 1) / A90_BN;
+    if (causal) n_tiles = min(n_tiles, (q0 + A90_BM - 1) / A90_BN + 1);
+    int wg = threadIdx.x / 128;
+
+    if (threadIdx.x == 0) {
+        mbar_init(q_full, 1);
+        for (int s = 0; s < A90_STAGES; s++) {
+            mbar_init(k_full + 8 * s, 1);
+            mbar_init(v_full + 8 * s, 1);
+            mbar_init(k_empty + 8 * s, 8); /* lane 0 of each of the 8 consumer warps */
+            mbar_init(v_empty + 8 * s, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    }
+    __syncthreads(); /* the mbarriers are initialised before any thread waits on them or TMA signals them */
+
+    if (wg == 0) {
+        // ---------------- producer ----------------
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(A90_PRODUCER_REGS));
+        if (threadIdx.x == 0) {
+            int qc = h * A90_HD, kc = kvh * A90_HD;
+            mbar_expect_tx(q_full, A90_Q_BYTES);
+            tma_load_2d(sbase, &tm_q, qc, q0, q_full);
+            tma_load_2d(sbase + A90_HALF_Q, &tm_q, qc + 64, q0, q_full);
+            for (int t = 0; t < n_tiles; t++) {
+                int s = t % A90_STAGES;
+                uint32_t par = ((t / A90_STAGES) + 1) & 1; /* completion t / STAGES - 1 of the empty barrier */
+                uint32_t kdst = sbase + A90_K_OFF + s * A90_KV_BYTES, vdst = sbase + A90_V_OFF + s * A90_KV_BYTES;
+                if (t >= A90_STAGES) mbar_wait(k_empty + 8 * s, par);
+                mbar_expect_tx(k_full + 8 * s, A90_KV_BYTES);
+                tma_load_2d(kdst, &tm_k, kc, t * A90_BN, k_full + 8 * s);
+                tma_load_2d(kdst + A90_HALF_KV, &tm_k, kc + 64, t * A90_BN, k_full + 8 * s);
+                if (t >= A90_STAGES) mbar_wait(v_empty + 8 * s, par);
+                mbar_expect_tx(v_full + 8 * s, A90_KV_BYTES);
+                tma_load_2d(vdst, &tm_v, kc, t * A90_BN, v_full + 8 * s);
+                tma_load_2d(vdst + A90_HALF_KV, &tm_v, kc + 64, t * A90_BN, v_full + 8 * s);
+            }
+        }
+    } else {
+        // ---------------- consumers ----------------
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(A90_CONSUMER_REGS));
+        int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+        int row0 = q0 + 64 * cw + 16 * warp + g; /* this thread's rows: row0, row0 + 8 */
+        uint32_t q_addr = sbase + cw * 64 * 128;
+        float o[64], s[64], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+        uint32_t p[32];
+#pragma unroll
+        for (int i = 0; i < 64; i++) o[i] = 0.0f;
+
+        mbar_wait(q_full, 0);
+        mbar_wait(k_full, 0);
+        if (ZI_ATTN90_PINGPONG && cw == 1) pp_wait(cw);
+        a90_issue_qk(s, q_addr, sbase + A90_K_OFF);
+        if (ZI_ATTN90_PINGPONG) pp_pass(cw);
+        wg_wait<0>();
+        reg_fence(s);
+        if (lane == 0) mbar_arrive(k_empty);
+        a90_softmax(s, m, l, alpha, A90_BN > S || (causal && A90_BN - 1 > 64 * cw + q0), 0, row0, S, causal, sl2);
+        a90_pack_p(p, s);
+
+        for (int t = 1; t < n_tiles; t++) {
+            int st = t % A90_STAGES, sp = (t - 1) % A90_STAGES, k0 = t * A90_BN;
+            mbar_wait(k_full + 8 * st, (t / A90_STAGES) & 1);
+            if (ZI_ATTN90_PINGPONG) { /* both operands here before the turn is taken */
+                mbar_wait(v_full + 8 * sp, ((t - 1) / A90_STAGES) & 1);
+                pp_wait(cw);
+            }
+            a90_issue_qk(s, q_addr, sbase + A90_K_OFF + st * A90_KV_BYTES);
+            mbar_wait(v_full + 8 * sp, ((t - 1) / A90_STAGES) & 1);
+            a90_issue_pv(o, p, sbase + A90_V_OFF + sp * A90_KV_BYTES);
+            if (ZI_ATTN90_PINGPONG) pp_pass(cw);
+            wg_wait<1>(); /* S_t done (P_{t-1} V_{t-1} may still run) */
+            reg_fence(s);
+            if (lane == 0) mbar_arrive(k_empty + 8 * st);
+            a90_softmax(s, m, l, alpha, k0 + A90_BN > S || (causal && k0 + A90_BN - 1 > q0 + 64 * cw), k0, row0, S,
+                        causal, sl2);
+            wg_wait<0>(); /* P_{t-1} V_{t-1} done: o and p are ours again, V stage sp is free */
+            reg_fence(o);
+            reg_fence(p);
+            if (lane == 0) mbar_arrive(v_empty + 8 * sp);
+#pragma unroll
+            for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
+            a90_pack_p(p, s);
+        }
+        {
+            int sl = (n_tiles - 1) % A90_STAGES;
+            mbar_wait(v_full + 8 * sl, ((n_tiles - 1) / A90_STAGES) & 1);
+            if (ZI_ATTN90_PINGPONG) pp_wait(cw);
+            a90_issue_pv(o, p, sbase + A90_V_OFF + sl * A90_KV_BYTES);
+            if (ZI_ATTN90_PINGPONG && cw == 0) pp_pass(cw); /* consumer 1 has no turn left to wait for */
+            wg_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mbar_arrive(v_empty + 8 * sl);
+        }
+
+        /* out = o / l; l is spread over the 4 threads of a quad */
+        float inv[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float x = l[r];
+            x += __shfl_xor_sync(0xffffffffu, x, 1);
+            x += __shfl_xor_sync(0xffffffffu, x, 2);
+            inv[r] = 1.0f / x;
+        }
+        /* stage through this warpgroup's 64 rows of the Q tile (its last reader, S = Q K^T, has completed):
+           [2 halves][64 rows][128 B], 16-byte chunk c of row r at chunk c ^ (r % 8) (conflict-free) */
+        unsigned char *stage = sm + cw * 64 * 128;
+#pragma unroll
+        for (int nb = 0; nb < 16; nb++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                int r = 16 * warp + g + 8 * hr, c = nb % 8;
+                unsigned char *dst = stage + (nb / 8) * A90_HALF_Q + r * 128 + ((c ^ (r % 8)) * 16) + tq * 4;
+                *reinterpret_cast<uint32_t *>(dst) =
+                    pack_bf16x2(o[4 * nb + 2 * hr] * inv[hr], o[4 * nb + 2 * hr + 1] * inv[hr]);
+            }
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* the warpgroup's staged rows are complete */
+        size_t qs = (size_t)NH * A90_HD;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            int idx = i * 128 + tid, r = idx / 16, cc = idx % 16, c = cc % 8, row = q0 + 64 * cw + r;
+            uint4 val = *reinterpret_cast<const uint4 *>(stage + (cc / 8) * A90_HALF_Q + r * 128 + ((c ^ (r % 8)) * 16));
+            if (row < S) *reinterpret_cast<uint4 *>(out + (size_t)row * qs + (size_t)h * A90_HD + cc * 8) = val;
+        }
+    }
+#endif
+}
+
+/* writes 1 where this binary's code for the running device was compiled for sm_90a */
+__global__ void sm90a_probe_kernel(int *flag) {
+#ifdef A90_DEVICE_CODE
+    *flag = 1;
+#else
+    *flag = 0;
+#endif
+}
+
+// ----------------------------------------------------------------------------------------------
+// host side
+
+#define A90_MAX_DEVICES 64
+
+/* 1 when device dev can run attention_sm90_kernel: compute capability 9.x, enough shared memory, the
+   loaded code is sm_90a (probe), the tensor-map encoder exists. Probed once per device (a synchronous
+   copy; skipped, without caching, while `stream` is being captured into a graph). */
+static int sm90_ready(int dev, cudaStream_t stream) {
+    static int state[A90_MAX_DEVICES]; /* 0 unknown, 1 ready, 2 not */
+    if (dev < 0 || dev >= A90_MAX_DEVICES) return 0;
+    if (state[dev]) return state[dev] == 1;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) return 0;
+    int major = 0, optin = 0, ok = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (major == 9 && optin >= A90_SMEM_BYTES) {
+        int *d_flag = NULL, flag = 0;
+        if (cudaMalloc(&d_flag, sizeof(int)) == cudaSuccess) {
+            sm90a_probe_kernel<<<1, 1>>>(d_flag);
+            if (cudaMemcpy(&flag, d_flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess && flag == 1) ok = 1;
+            cudaFree(d_flag);
+        }
+        if (ok)
+            ok = cudaFuncSetAttribute(attention_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      A90_SMEM_BYTES) == cudaSuccess;
+    }
+    (void)cudaGetLastError(); /* a failed probe is an answer, not an error of the caller's op */
+    state[dev] = ok ? 1 : 2;
+    return ok;
+}
+
+static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(void) {
+    static PFN_cuTensorMapEncodeTiled_v12000 fn;
+    static int tried;
+    if (!tried) {
+        void *p = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+        (void)cudaGetLastError();
+        tried = 1;
+    }
+    return fn;
+}
+
+/* map over a row-major [rows][cols] bf16 matrix, boxes of 64 columns (128 bytes) x box_rows rows with the
+   128-byte swizzle; rows past `rows` read as zero */
+static bool encode_map(PFN_cuTensorMapEncodeTiled_v12000 enc, CUtensorMap *map, const void *base, int rows, int cols,
+                       int box_rows) {
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(bf16)};
+    cuuint32_t box[2] = {64, (cuuint32_t)box_rows}, estr[2] = {1, 1};
+    return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(base), dims, strides, box, estr,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH,
+                                              int NKV, int HD, int causal, float scale, cudaStream_t stream,
+                                              int *taken) {
+    static int disabled = -1;
+    *taken = 0;
+    if (disabled < 0) {
+        const char *e = getenv("ZIMAGE_ATTN_SM90");
+        disabled = e && e[0] == '0';
+    }
+    if (disabled || HD != A90_HD || S <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || !(scale > 0.0f))
+        return cudaSuccess;
+    if (!is_aligned16(out) || !is_aligned16(q) || !is_aligned16(k) || !is_aligned16(v)) return cudaSuccess;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || !sm90_ready(dev, stream)) {
+        (void)cudaGetLastError();
+        return cudaSuccess;
+    }
+    PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+    if (!enc) return cudaSuccess;
+    CUtensorMap mq, mk, mv;
+    if (!encode_map(enc, &mq, q, S, NH * A90_HD, A90_BM) || !encode_map(enc, &mk, k, S, NKV * A90_HD, A90_BN) ||
+        !encode_map(enc, &mv, v, S, NKV * A90_HD, A90_BN))
+        return cudaSuccess;
+    int n_qt = (S + A90_BM - 1) / A90_BM;
+    if ((long)n_qt * NH > 0x7fffffffL) return cudaSuccess;
+    *taken = 1;
+    attention_sm90_kernel<<<(unsigned)(n_qt * NH), A90_THREADS, A90_SMEM_BYTES, stream>>>(
+        mq, mk, mv, (bf16 *)out, S, NH, NKV, scale * A90_LOG2E, causal, n_qt);
+    return cudaGetLastError();
+}
