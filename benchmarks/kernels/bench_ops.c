@@ -11,6 +11,7 @@
  * for the packing), and first whether the sm_90a attention kernel takes HD = 128 here.
  * Build and run: make -C benchmarks/kernels bench   (see the Makefile there); bench_ops [substring]
  */
+#include "bench_util.h"
 #include "ops.h"
 #include "zi_kernels.h"
 
@@ -21,16 +22,6 @@
 
 #define REPS 15
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static void *rand_buf(ZiBackend *be, size_t n, float amp) {
     void *d = NULL;

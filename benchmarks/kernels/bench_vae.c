@@ -7,6 +7,7 @@
  * and shape, largest first, and per op kind. The wrapper's synchronisations add a few microseconds per op.
  * Env ZIMAGE_CONV=im2col runs the convolutions the old way (see csrc/ops_cuda.c).
  */
+#include "bench_util.h"
 #include "ops.h"
 #include "vae.h"
 
@@ -18,16 +19,6 @@
 #define REPS 10
 #define MAX_ROWS 256
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 // ----------------------------------------------------------------------------------------------
 // per-op timing: a copy of the backend's table whose entries time the real ones
