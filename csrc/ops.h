@@ -211,6 +211,8 @@ void zi_weights_list_free(ZiWeightList *wl);
     zi_weights_add((wl), (void **)(slot), 4, (const int64_t[]){(d0), (d1), (d2), (d3)}, __VA_ARGS__)
 
 /* ---- offload: host-resident weights ---- */
+/* Start reading [data, data + bytes) of a mapped checkpoint into the page cache unless it is there. */
+void zi_prefetch(const void *data, size_t bytes);
 /* The checkpoint tensor of a spec (prefix + name first, then name), or NULL. */
 const StTensor *zi_weights_find(const StArchive *ar, const ZiWeightSpec *s, const char *prefix);
 /* zi_weights_load into host memory (ops->host_alloc, ops->weight_to_host): the same packing, so

@@ -401,6 +401,7 @@ static zi_status te_run_streamed(TeModel *m, int S, int run) {
     size_t lb = m->layer_bytes;
     char *slots = NULL, *host = m->host_weights;
     ZI_TRY(op->alloc(be, (void **)&slots, 2 * lb));                                 /* slots [2][lb]    */
+    for (int i = 0; i < 2; i++) ZI_TRY(op->queue_release(be, m->queue, i)); /* the copies land after the zero fill */
     for (int i = 0; i < 2 && i < run; i++) ZI_TRY(op->queue_copy(be, m->queue, i, slots + i * lb, host + i * lb, lb));
     for (int i = 0; i < run; i++) {
         int s = i & 1;
@@ -506,6 +507,21 @@ fail:
     return st;
 }
 
+/* a cold checkpoint: start reading layer i's tensors while the one before is copied */
+static zi_status te_prefetch_layer(TeModel *m, int i) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    TeLayer l = {0};
+    ZI_TRY(te_layer_specs(&m->cfg, &l, i, &wl));
+    for (int k = 0; k < wl.n; k++) {
+        const StTensor *t = zi_weights_find(&m->ar, &wl.specs[k], "model.");
+        zi_prefetch(t->data, t->nbytes);
+    }
+fail:
+    zi_weights_list_free(&wl);
+    return st;
+}
+
 /* the model's buffers on its current backend (weights, host weights, queue, activations) */
 static void te_release(TeModel *m) {
     if (m->be) {
@@ -546,8 +562,10 @@ static zi_status te_place(TeModel *m, int device, int offload) {
         ZI_TRY(be->ops->host_alloc(be, &host, keep * lb));
         ZI_TRY(be->ops->queue_create(be, &queue, 2));
     }
-    for (int i = 0; i < keep; i++)
+    for (int i = 0; i < keep; i++) {
+        if (i + 1 < keep) ZI_TRY(te_prefetch_layer(m, i + 1));
         ZI_TRY(te_fill_layer(m, be, &w.layers[i], i, (char *)(offload ? host : block) + i * lb, offload));
+    }
     if (norm) {
         ZI_TRY(ZI_W1(&wl, &w.norm, c->hidden_size, "norm.weight"));
         const StTensor *t = zi_weights_find(&m->ar, &wl.specs[0], "model.");
