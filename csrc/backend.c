@@ -1,15 +1,21 @@
 /*
  * backend.c - picks the backend for a device (the CPU table, or a CUDA backend per GPU,
  * created once and kept for the process), and loads a model's weights from a name table
- * into one allocation on that backend.
+ * into one allocation on that backend, or into host memory for an offloaded model. Also the
+ * entry points of the CUDA backend's memory accounting and cache release.
  */
 #include "ops.h"
 
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define ZI_PREFETCH_BYTES ((size_t)512 << 20) /* checkpoint bytes asked ahead of the tensor being read */
 
 extern const ZiOps zi_ops_cpu;
 
@@ -20,6 +26,9 @@ int zi_cuda_device_count_impl(void);
 zi_status zi_cuda_mem_info_impl(int device, size_t *free_bytes, size_t *total_bytes);
 zi_status zi_cuda_device_props_impl(int device, char *name, size_t name_len, int *sms, int *threads_per_sm,
                                     int *cc_major, int *cc_minor);
+zi_status zi_cuda_memory_stats_impl(int device, ZiMemStats *s);
+zi_status zi_cuda_reset_peak_memory_impl(int device);
+zi_status zi_cuda_empty_cache_impl(ZiBackend *be);
 #endif
 
 #define ZI_MAX_DEVICES 16
@@ -126,7 +135,7 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
 }
 
 /* the tensor for a spec: prefix + name first, then the bare name */
-static const StTensor *find_weight(const StArchive *ar, const ZiWeightSpec *s, const char *prefix) {
+const StTensor *zi_weights_find(const StArchive *ar, const ZiWeightSpec *s, const char *prefix) {
     const StTensor *t = NULL;
     if (prefix) {
         char full[ZI_WEIGHT_NAME_MAX + 64];
@@ -139,7 +148,7 @@ static const StTensor *find_weight(const StArchive *ar, const ZiWeightSpec *s, c
 zi_status zi_weights_check(const StArchive *ar, const ZiWeightList *wl, const char *prefix) {
     for (int i = 0; i < wl->n; i++) {
         const ZiWeightSpec *s = &wl->specs[i];
-        const StTensor *t = find_weight(ar, s, prefix);
+        const StTensor *t = zi_weights_find(ar, s, prefix);
         const char *where = ar->nfiles ? ar->files[0].path : "checkpoint";
         if (!t) return zi_fail(ZI_ERR_FORMAT, "%s: missing tensor '%s'", where, s->name);
         int same = t->ndim == s->ndim;
@@ -158,16 +167,37 @@ zi_status zi_weights_check(const StArchive *ar, const ZiWeightList *wl, const ch
     return ZI_OK;
 }
 
+/* Ask the kernel to read a tensor's pages ahead when they are not in the page cache (a cold
+   checkpoint): the copies then find the reads in flight instead of faulting the mapping in at
+   the read-around size. A tensor whose first and last pages are resident is left alone, so a
+   warm load pays two mincore calls per tensor. */
+void zi_prefetch(const void *data, size_t bytes) {
+    static size_t page;
+    if (!bytes) return;
+    if (!page) page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t first = (uintptr_t)data & ~(uintptr_t)(page - 1), last = ((uintptr_t)data + bytes - 1) & ~(uintptr_t)(page - 1);
+    unsigned char in_a = 0, in_b = 0;
+    if (mincore((void *)first, 1, &in_a) == 0 && mincore((void *)last, 1, &in_b) == 0 && (in_a & in_b & 1)) return;
+    posix_madvise((void *)first, (uintptr_t)data + bytes - first, POSIX_MADV_WILLNEED);
+}
+
 zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
     zi_status st = ZI_OK;
     void *mem = NULL;
     *block = NULL;
     ZI_TRY(zi_weights_check(ar, wl, prefix));
     ZI_TRY(be->ops->alloc(be, &mem, wl->total * be->weight_size));
-    size_t off = 0;
+    size_t off = 0, ahead = 0; /* bytes asked ahead and not yet read */
+    int next = 0;              /* specs [0, next) asked for */
     for (int i = 0; i < wl->n; i++) {
         ZiWeightSpec *s = &wl->specs[i];
-        const StTensor *t = find_weight(ar, s, prefix);
+        const StTensor *t = zi_weights_find(ar, s, prefix);
+        for (; next < wl->n && (next <= i || ahead < ZI_PREFETCH_BYTES); next++) {
+            const StTensor *u = zi_weights_find(ar, &wl->specs[next], prefix);
+            zi_prefetch(u->data, u->nbytes);
+            ahead += u->nbytes;
+        }
+        ahead -= t->nbytes;
         void *dst = zi_wt(be, mem, off);
         ZI_TRY(be->ops->upload_weight(be, dst, t->data, t->dtype, (size_t)t->numel));
         *s->slot = dst;
@@ -179,4 +209,74 @@ fail:
     be->ops->free(be, mem);
     for (int i = 0; i < wl->n; i++) *wl->specs[i].slot = NULL;
     return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* offload: weights in host memory, device memory accounting */
+
+zi_status zi_weights_load_host(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
+    zi_status st = ZI_OK;
+    void *mem = NULL;
+    *block = NULL;
+    ZI_TRY(zi_weights_check(ar, wl, prefix));
+    ZI_TRY(be->ops->host_alloc(be, &mem, wl->total * be->weight_size));
+    size_t off = 0;
+    for (int i = 0; i < wl->n; i++) {
+        ZiWeightSpec *s = &wl->specs[i];
+        const StTensor *t = zi_weights_find(ar, s, prefix);
+        void *dst = zi_wt(be, mem, off);
+        ZI_TRY(be->ops->weight_to_host(be, dst, t->data, t->dtype, (size_t)t->numel));
+        *s->slot = dst;
+        off += (size_t)t->numel;
+    }
+    *block = mem;
+    return ZI_OK;
+fail:
+    be->ops->host_free(be, mem);
+    for (int i = 0; i < wl->n; i++) *wl->specs[i].slot = NULL;
+    return st;
+}
+
+void zi_weights_place(const ZiBackend *be, ZiWeightList *wl, void *block) {
+    size_t off = 0;
+    for (int i = 0; i < wl->n; i++) {
+        ZiWeightSpec *s = &wl->specs[i];
+        size_t numel = 1;
+        for (int d = 0; d < s->ndim; d++) numel *= (size_t)s->shape[d];
+        *s->slot = zi_wt(be, block, off);
+        off += numel;
+    }
+}
+
+zi_status zi_cuda_memory_stats(int device, ZiMemStats *s) {
+    memset(s, 0, sizeof *s);
+#ifdef ZI_WITH_CUDA
+    return zi_cuda_memory_stats_impl(device, s);
+#else
+    (void)device;
+    return ZI_OK;
+#endif
+}
+
+zi_status zi_cuda_reset_peak_memory(int device) {
+#ifdef ZI_WITH_CUDA
+    return zi_cuda_reset_peak_memory_impl(device);
+#else
+    (void)device;
+    return ZI_OK;
+#endif
+}
+
+zi_status zi_cuda_empty_cache(int device) {
+#ifdef ZI_WITH_CUDA
+    ZiBackend *be = NULL;
+    if (device < 0 || device >= ZI_MAX_DEVICES) return ZI_OK;
+    pthread_mutex_lock(&zi_backend_lock);
+    be = zi_cuda_backends[device];
+    pthread_mutex_unlock(&zi_backend_lock);
+    return be ? zi_cuda_empty_cache_impl(be) : ZI_OK;
+#else
+    (void)device;
+    return ZI_OK;
+#endif
 }

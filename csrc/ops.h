@@ -144,6 +144,29 @@ typedef struct ZiOps {
     zi_status (*image_to_uint8)(ZiBackend *be, uint8_t *out, const void *img, int B, int C, int H, int W, int bf16_rule);
     /* out[B,H,W,C] f32 (backend) = clamp(img[B,C,H,W] * 0.5 + 0.5, 0, 1) (output_type "np") */
     zi_status (*image_to_float_hwc)(ZiBackend *be, float *out, const void *img, int B, int C, int H, int W);
+
+    /* ---- offload: host-resident weights ---- */
+    /* host memory the backend copies from asynchronously (CUDA: page-locked; CPU: plain), zero-filled;
+       host_free is NULL-safe */
+    zi_status (*host_alloc)(ZiBackend *be, void **ptr, size_t bytes);
+    void (*host_free)(ZiBackend *be, void *ptr);
+    /* checkpoint tensor data of dtype dt -> n backend weight elements in host memory (upload_weight's
+       conversion, done on the host) */
+    zi_status (*weight_to_host)(ZiBackend *be, void *dst, const void *src, ZiDtype dt, size_t n);
+    /* host bytes -> backend bytes, no conversion, in order with the compute ops; src may be reused on return */
+    zi_status (*upload_bytes)(ZiBackend *be, void *dst, const void *src, size_t bytes);
+    /* A copy queue: a second stream for host -> backend copies that overlap the compute ops, with nslots
+       slots (device buffers the caller owns). A slot's copy waits for the compute that last read the slot
+       (queue_release); compute waits for the slot's copy (queue_acquire). queue_destroy waits for the
+       queued copies and is NULL-safe. On the CPU the copy is a memcpy and the ordering calls do nothing. */
+    zi_status (*queue_create)(ZiBackend *be, void **queue, int nslots);
+    void (*queue_destroy)(ZiBackend *be, void *queue);
+    /* queue dst (backend) <- src (host_alloc memory), bytes, as slot's next copy; returns at once */
+    zi_status (*queue_copy)(ZiBackend *be, void *queue, int slot, void *dst, const void *src, size_t bytes);
+    /* compute ops queued from now on run after slot's last queued copy has landed */
+    zi_status (*queue_acquire)(ZiBackend *be, void *queue, int slot);
+    /* the compute ops queued so far are slot's last readers: its next copy waits for them */
+    zi_status (*queue_release)(ZiBackend *be, void *queue, int slot);
 } ZiOps;
 
 struct ZiBackend {
@@ -210,5 +233,31 @@ void zi_weights_list_free(ZiWeightList *wl);
 #define ZI_W2(wl, slot, d0, d1, ...) zi_weights_add((wl), (void **)(slot), 2, (const int64_t[]){(d0), (d1)}, __VA_ARGS__)
 #define ZI_W4(wl, slot, d0, d1, d2, d3, ...) \
     zi_weights_add((wl), (void **)(slot), 4, (const int64_t[]){(d0), (d1), (d2), (d3)}, __VA_ARGS__)
+
+/* ---- offload: host-resident weights ---- */
+/* Start reading [data, data + bytes) of a mapped checkpoint into the page cache unless it is there. */
+void zi_prefetch(const void *data, size_t bytes);
+/* The checkpoint tensor of a spec (prefix + name first, then name), or NULL. */
+const StTensor *zi_weights_find(const StArchive *ar, const ZiWeightSpec *s, const char *prefix);
+/* zi_weights_load into host memory (ops->host_alloc, ops->weight_to_host): the same packing, so
+   zi_weights_place can point the specs into a backend copy of the block. */
+zi_status zi_weights_load_host(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block);
+/* Point every spec's slot into block (backend weight elements packed in list order, as the loaders do). */
+void zi_weights_place(const ZiBackend *be, ZiWeightList *wl, void *block);
+
+/* Device memory accounting of the CUDA backend of a GPU: every cudaMalloc it made (weights,
+   activations, scratch, staging, workspace) that is not yet freed, the peak of that since the
+   last reset (or process start), and the page-locked host memory (host_alloc and staging).
+   All zero without CUDA or before the GPU's backend exists. */
+typedef struct ZiMemStats {
+    size_t allocated, peak;  /* device bytes */
+    size_t pinned;           /* page-locked host bytes */
+} ZiMemStats;
+zi_status zi_cuda_memory_stats(int device, ZiMemStats *s);
+/* peak = allocated now */
+zi_status zi_cuda_reset_peak_memory(int device);
+/* Free the backend's cached scratch and staging buffers on a GPU (they regrow on demand), as
+   torch.cuda.empty_cache() gives cached blocks back; a no-op before the backend exists. */
+zi_status zi_cuda_empty_cache(int device);
 
 #endif /* ZI_OPS_H */

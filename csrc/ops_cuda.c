@@ -72,6 +72,10 @@ typedef struct ZiCuda {
 
 static const ZiOps zi_ops_cuda;
 
+/* offload: device memory accounting (at the end of the file) */
+static zi_status mem_track_add(int device, void *p, size_t bytes, int host);
+static void mem_track_remove(void *p);
+
 // ----------------------------------------------------------------------------------------------
 // error checking: record the call, file:line and CUDA's message, then jump to `fail:`
 
@@ -118,7 +122,14 @@ static zi_status cuda_fail(const char *call, const char *file, int line, cudaErr
 /* cudaMalloc, or ZI_ERR_GPU_NOMEM saying how much was asked and how much is free */
 static zi_status dev_malloc(ZiCuda *cu, void **p, size_t bytes) {
     cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
-    if (e == cudaSuccess) return ZI_OK;
+    if (e == cudaSuccess) {
+        zi_status tracked = mem_track_add(cu->device, *p, bytes ? bytes : 1, 0);
+        if (tracked != ZI_OK) {
+            cudaFree(*p);
+            *p = NULL;
+        }
+        return tracked;
+    }
     *p = NULL;
     cudaGetLastError();
     size_t fr = 0, tot = 0;
@@ -139,6 +150,7 @@ static cudaError_t set_device(ZiCuda *cu) {
 /* grow a scratch buffer to at least `bytes` (old contents are not kept) */
 static zi_status scratch_reserve(ZiCuda *cu, Scratch *s, size_t bytes) {
     if (s->n >= bytes) return ZI_OK;
+    mem_track_remove(s->p);
     cudaFree(s->p); /* waits for work that may still read it */
     s->p = NULL;
     s->n = 0;
@@ -330,6 +342,7 @@ static void cuda_free(ZiBackend *be, void *ptr) {
     if (!ptr) return;
     ZiCuda *cu = be->impl;
     set_device(cu);
+    mem_track_remove(ptr);
     cudaFree(ptr);
 }
 
@@ -1179,6 +1192,17 @@ fail:
     return st;
 }
 
+/* ---- offload: host-resident weights (implemented at the end of the file) ---- */
+static zi_status cuda_host_alloc(ZiBackend *be, void **ptr, size_t bytes);
+static void cuda_host_free(ZiBackend *be, void *ptr);
+static zi_status cuda_weight_to_host(ZiBackend *be, void *dst, const void *src, ZiDtype dt, size_t n);
+static zi_status cuda_upload_bytes(ZiBackend *be, void *dst, const void *src, size_t bytes);
+static zi_status cuda_queue_create(ZiBackend *be, void **queue, int nslots);
+static void cuda_queue_destroy(ZiBackend *be, void *queue);
+static zi_status cuda_queue_copy(ZiBackend *be, void *queue, int slot, void *dst, const void *src, size_t bytes);
+static zi_status cuda_queue_acquire(ZiBackend *be, void *queue, int slot);
+static zi_status cuda_queue_release(ZiBackend *be, void *queue, int slot);
+
 static const ZiOps zi_ops_cuda = {
     .alloc = cuda_alloc,
     .free = cuda_free,
@@ -1227,6 +1251,16 @@ static const ZiOps zi_ops_cuda = {
     .latents_to_vae = cuda_latents_to_vae,
     .image_to_uint8 = cuda_image_to_uint8,
     .image_to_float_hwc = cuda_image_to_float_hwc,
+    /* ---- offload: host-resident weights ---- */
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .weight_to_host = cuda_weight_to_host,
+    .upload_bytes = cuda_upload_bytes,
+    .queue_create = cuda_queue_create,
+    .queue_destroy = cuda_queue_destroy,
+    .queue_copy = cuda_queue_copy,
+    .queue_acquire = cuda_queue_acquire,
+    .queue_release = cuda_queue_release,
 };
 
 /* free and total bytes on a GPU (device-wide, every process and context included) */
@@ -1252,6 +1286,255 @@ zi_status zi_cuda_device_props_impl(int device, char *name, size_t name_len, int
     *threads_per_sm = p.maxThreadsPerMultiProcessor;
     *cc_major = p.major;
     *cc_minor = p.minor;
+fail:
+    return st;
+}
+
+// ----------------------------------------------------------------------------------------------
+// ---- offload: host-resident weights ----
+// Weights that live in page-locked host memory and visit the GPU (the offloaded text encoder
+// streams its layers through two device slots on a second stream; the VAE visits whole), and the
+// accounting of every device allocation this file makes (zimage.cuda_memory_allocated & co.).
+
+/* every live cudaMalloc / host_alloc block of the process, with its size (cudaFree takes none);
+   a few hundred at most, so a list searched from the newest end */
+typedef struct MemBlock {
+    void *p;
+    size_t bytes;
+    int device, host;
+} MemBlock;
+
+#define MEM_TRACK_DEVICES 16
+static struct {
+    pthread_mutex_t lock;
+    MemBlock *blocks;
+    int n, cap;
+    size_t allocated[MEM_TRACK_DEVICES], peak[MEM_TRACK_DEVICES], pinned[MEM_TRACK_DEVICES];
+} mem_track = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static zi_status mem_track_add(int device, void *p, size_t bytes, int host) {
+    if (device < 0 || device >= MEM_TRACK_DEVICES) return ZI_OK;
+    zi_status st = ZI_OK;
+    pthread_mutex_lock(&mem_track.lock);
+    if (mem_track.n == mem_track.cap) {
+        int cap = mem_track.cap ? 2 * mem_track.cap : 256;
+        MemBlock *nb = realloc(mem_track.blocks, (size_t)cap * sizeof *nb);
+        if (!nb) {
+            st = zi_fail(ZI_ERR_NOMEM, "out of host memory recording a device allocation");
+            goto done;
+        }
+        mem_track.blocks = nb;
+        mem_track.cap = cap;
+    }
+    mem_track.blocks[mem_track.n++] = (MemBlock){p, bytes, device, host};
+    if (host) {
+        mem_track.pinned[device] += bytes;
+    } else {
+        mem_track.allocated[device] += bytes;
+        if (mem_track.allocated[device] > mem_track.peak[device]) mem_track.peak[device] = mem_track.allocated[device];
+    }
+done:
+    pthread_mutex_unlock(&mem_track.lock);
+    return st;
+}
+
+static void mem_track_remove(void *p) {
+    if (!p) return;
+    pthread_mutex_lock(&mem_track.lock);
+    for (int i = mem_track.n - 1; i >= 0; i--) {
+        MemBlock *b = &mem_track.blocks[i];
+        if (b->p != p) continue;
+        if (b->host) mem_track.pinned[b->device] -= b->bytes;
+        else mem_track.allocated[b->device] -= b->bytes;
+        *b = mem_track.blocks[--mem_track.n];
+        break;
+    }
+    pthread_mutex_unlock(&mem_track.lock);
+}
+
+zi_status zi_cuda_memory_stats_impl(int device, ZiMemStats *s) {
+    memset(s, 0, sizeof *s);
+    if (device < 0 || device >= MEM_TRACK_DEVICES) return ZI_OK;
+    pthread_mutex_lock(&mem_track.lock);
+    s->allocated = mem_track.allocated[device];
+    s->peak = mem_track.peak[device];
+    s->pinned = mem_track.pinned[device];
+    pthread_mutex_unlock(&mem_track.lock);
+    return ZI_OK;
+}
+
+zi_status zi_cuda_reset_peak_memory_impl(int device) {
+    if (device < 0 || device >= MEM_TRACK_DEVICES) return ZI_OK;
+    pthread_mutex_lock(&mem_track.lock);
+    mem_track.peak[device] = mem_track.allocated[device];
+    pthread_mutex_unlock(&mem_track.lock);
+    return ZI_OK;
+}
+
+/* torch.cuda.empty_cache(): the scratch and staging buffers go back to the device; each regrows on
+   its next use (the cuBLASLt workspace stays: the cached plans were chosen for it) */
+zi_status zi_cuda_empty_cache_impl(ZiBackend *be) {
+    OP_BEGIN(be);
+    pthread_mutex_lock(&cu->lock);
+    cudaError_t e = cudaStreamSynchronize(cu->stream); /* staging copies may still be in flight */
+    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
+        mem_track_remove(sc[i]->p);
+        cudaFree(sc[i]->p);
+        sc[i]->p = NULL;
+        sc[i]->n = 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        mem_track_remove(cu->dstage[i]);
+        cudaFree(cu->dstage[i]);
+        cudaFreeHost(cu->pinned[i]);
+        cu->dstage[i] = cu->pinned[i] = NULL;
+    }
+    pthread_mutex_unlock(&cu->lock);
+    if (e != cudaSuccess) CU_TRY(e);
+    return ZI_OK;
+fail:
+    return st;
+}
+
+static zi_status cuda_host_alloc(ZiBackend *be, void **ptr, size_t bytes) {
+    OP_BEGIN(be);
+    *ptr = NULL;
+    cudaError_t e = cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        *ptr = NULL;
+        cudaGetLastError();
+        return zi_fail(e == cudaErrorMemoryAllocation ? ZI_ERR_NOMEM : ZI_ERR_CUDA,
+                       "cudaHostAlloc of %zu bytes (%.1f MiB) of page-locked host memory failed for %s: %s", bytes,
+                       bytes / 1048576.0, cu->name, cudaGetErrorString(e));
+    }
+    st = mem_track_add(cu->device, *ptr, bytes ? bytes : 1, 1);
+    if (st != ZI_OK) {
+        cudaFreeHost(*ptr);
+        *ptr = NULL;
+    }
+    return st;
+fail:
+    return st;
+}
+
+static void cuda_host_free(ZiBackend *be, void *ptr) {
+    if (!ptr) return;
+    set_device(be->impl);
+    mem_track_remove(ptr);
+    cudaFreeHost(ptr); /* copies queued from it are waited for by their queue's owner first */
+}
+
+/* the conversion upload_weight does on the GPU (convert.cu: __float2bfloat16_rn, round to nearest
+   even; f16 widened exactly first), on the host over the OpenMP threads; NaN payloads may differ */
+static zi_status cuda_weight_to_host(ZiBackend *be, void *dst, const void *src, ZiDtype dt, size_t n) {
+    (void)be;
+    const unsigned char *s = src;
+    uint16_t *d = dst;
+    switch (dt) {
+    case ZI_DT_BF16: staging_memcpy(dst, src, n * 2); return ZI_OK;
+    case ZI_DT_F32:
+#pragma omp parallel for if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            float f;
+            memcpy(&f, s + 4 * i, 4);
+            d[i] = zi_f32_to_bf16(f);
+        }
+        return ZI_OK;
+    case ZI_DT_F16:
+#pragma omp parallel for if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            d[i] = zi_f32_to_bf16(zi_f16_to_f32(h));
+        }
+        return ZI_OK;
+    default: return zi_fail(ZI_ERR_FORMAT, "cannot load weights of dtype %s", st_dtype_name(dt));
+    }
+}
+
+static zi_status cuda_upload_bytes(ZiBackend *be, void *dst, const void *src, size_t bytes) {
+    OP_BEGIN(be);
+    /* pageable source: returns once staged; page-locked: the source must outlive the copy */
+    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu->stream));
+    return op_end(cu, "upload_bytes");
+fail:
+    return st;
+}
+
+/* a copy stream and, per slot, the event of its last copy and of the last compute that read it */
+typedef struct CudaQueue {
+    cudaStream_t stream;
+    int nslots;
+    cudaEvent_t *landed, *released;
+} CudaQueue;
+
+static void cuda_queue_destroy(ZiBackend *be, void *queue) {
+    CudaQueue *q = queue;
+    if (!q) return;
+    set_device(be->impl);
+    if (q->stream) cudaStreamSynchronize(q->stream); /* its copies read host memory the caller frees next */
+    for (int i = 0; i < q->nslots; i++) {
+        if (q->landed && q->landed[i]) cudaEventDestroy(q->landed[i]);
+        if (q->released && q->released[i]) cudaEventDestroy(q->released[i]);
+    }
+    if (q->stream) cudaStreamDestroy(q->stream);
+    free(q->landed);
+    free(q->released);
+    free(q);
+}
+
+static zi_status cuda_queue_create(ZiBackend *be, void **queue, int nslots) {
+    CudaQueue *q = NULL;
+    *queue = NULL;
+    OP_BEGIN(be);
+    if (nslots < 1) return zi_fail(ZI_ERR_ARG, "a copy queue needs at least one slot, got %d", nslots);
+    ZI_CALLOC(q, 1, sizeof *q);
+    ZI_CALLOC(q->landed, (size_t)nslots, sizeof *q->landed);
+    ZI_CALLOC(q->released, (size_t)nslots, sizeof *q->released);
+    q->nslots = nslots;
+    CU_TRY(cudaStreamCreateWithFlags(&q->stream, cudaStreamNonBlocking));
+    for (int i = 0; i < nslots; i++) {
+        CU_TRY(cudaEventCreateWithFlags(&q->landed[i], cudaEventDisableTiming));
+        CU_TRY(cudaEventCreateWithFlags(&q->released[i], cudaEventDisableTiming));
+    }
+    *queue = q;
+    return ZI_OK;
+fail:
+    cuda_queue_destroy(be, q);
+    return st;
+}
+
+/* an event never recorded is complete: a slot's first copy and first acquire wait for nothing */
+static zi_status cuda_queue_copy(ZiBackend *be, void *queue, int slot, void *dst, const void *src, size_t bytes) {
+    OP_BEGIN(be);
+    CudaQueue *q = queue;
+    if (slot < 0 || slot >= q->nslots) return zi_fail(ZI_ERR_ARG, "copy queue slot %d of %d", slot, q->nslots);
+    CU_TRY(cudaStreamWaitEvent(q->stream, q->released[slot], 0));  /* the slot's last readers are done */
+    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, q->stream));
+    CU_TRY(cudaEventRecord(q->landed[slot], q->stream));
+    if (cu->sync_each_op) CU_TRY(cudaStreamSynchronize(q->stream));
+    return ZI_OK;
+fail:
+    return st;
+}
+
+static zi_status cuda_queue_acquire(ZiBackend *be, void *queue, int slot) {
+    OP_BEGIN(be);
+    CudaQueue *q = queue;
+    if (slot < 0 || slot >= q->nslots) return zi_fail(ZI_ERR_ARG, "copy queue slot %d of %d", slot, q->nslots);
+    CU_TRY(cudaStreamWaitEvent(cu->stream, q->landed[slot], 0));
+    return ZI_OK;
+fail:
+    return st;
+}
+
+static zi_status cuda_queue_release(ZiBackend *be, void *queue, int slot) {
+    OP_BEGIN(be);
+    CudaQueue *q = queue;
+    if (slot < 0 || slot >= q->nslots) return zi_fail(ZI_ERR_ARG, "copy queue slot %d of %d", slot, q->nslots);
+    CU_TRY(cudaEventRecord(q->released[slot], cu->stream));
+    return ZI_OK;
 fail:
     return st;
 }

@@ -7,6 +7,13 @@
  * Right padding + a causal mask never lets a real token see a pad, so not padding at all
  * gives the rows the pipeline keeps (text_spec §1.5).
  *
+ * Weights: the embedding table never leaves the mmapped checkpoint (the prompt's rows are
+ * gathered on the host and uploaded as [S, D]); only the decoder layers the largest
+ * hidden_states index asked for needs are held (te_limit_layers: the pipeline's [-2] skips the
+ * last layer and the final norm), each layer at a 256-byte aligned stride. Resident: one block
+ * on the backend. Offloaded (te_enable_offload): the layers in page-locked host memory, streamed
+ * through two device slots by a copy queue, layer i+1 landing while layer i computes.
+ *
  * Dimension letters: S tokens, D width, NH query heads, NKV key/value heads, HD head dim,
  * F MLP width, V vocabulary rows.
  */
@@ -20,10 +27,19 @@
 
 struct TeModel {
     TeConfig cfg;
-    TeWeights w;
-    ZiBackend *be;
+    TeWeights w;            /* embed_tokens unused (gathered from `embed`); layers >= held_layers NULL */
+    ZiBackend *be;          /* where the layers run                                      */
     StArchive ar;           /* mmapped checkpoint, kept for .to(device) reloads          */
-    void *weights;          /* the one weight allocation                                */
+    const StTensor *embed;  /* embed_tokens [V, D] in the checkpoint (rows read per call) */
+    void *weights;          /* backend block: the held layers (resident) and the final norm */
+    int max_layer;          /* the largest hidden_states index to hold weights for       */
+    int held_layers;        /* decoder layers held (from the first)                      */
+    int held_norm;          /* the final norm is held                                    */
+    size_t layer_bytes;     /* one layer's weights rounded up to 256 bytes: layer stride */
+    /* offload: the held layers in host memory, streamed through two device slots          */
+    int offload;
+    void *host_weights;     /* ops->host_alloc: held_layers layers, layer_bytes apart    */
+    void *queue;            /* ops copy queue with 2 slots                               */
     float *inv_freq;        /* [HD/2] RoPE inverse frequencies, fp32 as transformers    */
     /* activations: one allocation sized for max_S tokens                               */
     void *acts;
@@ -38,7 +54,8 @@ struct TeModel {
         void *g, *u;        /* [S, F] MLP gate and up                                   */
         float *cs;          /* [S, HD/2, 2] RoPE (cos, sin) for positions 0..S-1, fp32  */
     } t;
-    int32_t *ids;           /* [max_S] host copy of the ids for the embedding op        */
+    int32_t *ids;           /* [max_S] host copy of the ids                             */
+    void *rows;             /* [max_S, D] host: the gathered embedding rows (weight type) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -156,31 +173,36 @@ fail:
 /* ---------------------------------------------------------------------------------------- */
 /* weights: the transformers state-dict names (checkpoint keys minus "model."), in module order */
 
+/* decoder layer i's tensors, in state-dict order (contiguous in every weight block) */
+static zi_status te_layer_specs(const TeConfig *c, TeLayer *l, int i, ZiWeightList *wl) {
+    zi_status st = ZI_OK;
+    int64_t D = c->hidden_size, F = c->intermediate_size;
+    int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim, HD = c->head_dim;
+    ZI_TRY(ZI_W2(wl, &l->q_proj, QD, D, "layers.%d.self_attn.q_proj.weight", i));
+    if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->q_bias, QD, "layers.%d.self_attn.q_proj.bias", i));
+    ZI_TRY(ZI_W2(wl, &l->k_proj, KD, D, "layers.%d.self_attn.k_proj.weight", i));
+    if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->k_bias, KD, "layers.%d.self_attn.k_proj.bias", i));
+    ZI_TRY(ZI_W2(wl, &l->v_proj, KD, D, "layers.%d.self_attn.v_proj.weight", i));
+    if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->v_bias, KD, "layers.%d.self_attn.v_proj.bias", i));
+    ZI_TRY(ZI_W2(wl, &l->o_proj, D, QD, "layers.%d.self_attn.o_proj.weight", i));
+    if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->o_bias, D, "layers.%d.self_attn.o_proj.bias", i));
+    ZI_TRY(ZI_W1(wl, &l->q_norm, HD, "layers.%d.self_attn.q_norm.weight", i));
+    ZI_TRY(ZI_W1(wl, &l->k_norm, HD, "layers.%d.self_attn.k_norm.weight", i));
+    ZI_TRY(ZI_W2(wl, &l->gate_proj, F, D, "layers.%d.mlp.gate_proj.weight", i));
+    ZI_TRY(ZI_W2(wl, &l->up_proj, F, D, "layers.%d.mlp.up_proj.weight", i));
+    ZI_TRY(ZI_W2(wl, &l->down_proj, D, F, "layers.%d.mlp.down_proj.weight", i));
+    ZI_TRY(ZI_W1(wl, &l->input_layernorm, D, "layers.%d.input_layernorm.weight", i));
+    ZI_TRY(ZI_W1(wl, &l->post_attention_layernorm, D, "layers.%d.post_attention_layernorm.weight", i));
+fail:
+    return st;
+}
+
 zi_status te_weight_list(const TeConfig *c, TeWeights *w, ZiWeightList *wl) {
     zi_status st = ZI_OK;
-    int64_t V = c->vocab_size, D = c->hidden_size, F = c->intermediate_size;
-    int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim, HD = c->head_dim;
     ZI_CALLOC(w->layers, (size_t)c->n_layers, sizeof(TeLayer));
-    ZI_TRY(ZI_W2(wl, &w->embed_tokens, V, D, "embed_tokens.weight"));
-    for (int i = 0; i < c->n_layers; i++) {
-        TeLayer *l = &w->layers[i];
-        ZI_TRY(ZI_W2(wl, &l->q_proj, QD, D, "layers.%d.self_attn.q_proj.weight", i));
-        if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->q_bias, QD, "layers.%d.self_attn.q_proj.bias", i));
-        ZI_TRY(ZI_W2(wl, &l->k_proj, KD, D, "layers.%d.self_attn.k_proj.weight", i));
-        if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->k_bias, KD, "layers.%d.self_attn.k_proj.bias", i));
-        ZI_TRY(ZI_W2(wl, &l->v_proj, KD, D, "layers.%d.self_attn.v_proj.weight", i));
-        if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->v_bias, KD, "layers.%d.self_attn.v_proj.bias", i));
-        ZI_TRY(ZI_W2(wl, &l->o_proj, D, QD, "layers.%d.self_attn.o_proj.weight", i));
-        if (c->attention_bias) ZI_TRY(ZI_W1(wl, &l->o_bias, D, "layers.%d.self_attn.o_proj.bias", i));
-        ZI_TRY(ZI_W1(wl, &l->q_norm, HD, "layers.%d.self_attn.q_norm.weight", i));
-        ZI_TRY(ZI_W1(wl, &l->k_norm, HD, "layers.%d.self_attn.k_norm.weight", i));
-        ZI_TRY(ZI_W2(wl, &l->gate_proj, F, D, "layers.%d.mlp.gate_proj.weight", i));
-        ZI_TRY(ZI_W2(wl, &l->up_proj, F, D, "layers.%d.mlp.up_proj.weight", i));
-        ZI_TRY(ZI_W2(wl, &l->down_proj, D, F, "layers.%d.mlp.down_proj.weight", i));
-        ZI_TRY(ZI_W1(wl, &l->input_layernorm, D, "layers.%d.input_layernorm.weight", i));
-        ZI_TRY(ZI_W1(wl, &l->post_attention_layernorm, D, "layers.%d.post_attention_layernorm.weight", i));
-    }
-    ZI_TRY(ZI_W1(wl, &w->norm, D, "norm.weight"));
+    ZI_TRY(ZI_W2(wl, &w->embed_tokens, c->vocab_size, c->hidden_size, "embed_tokens.weight"));
+    for (int i = 0; i < c->n_layers; i++) ZI_TRY(te_layer_specs(c, &w->layers[i], i, wl));
+    ZI_TRY(ZI_W1(wl, &w->norm, c->hidden_size, "norm.weight"));
 fail:
     return st;
 }
@@ -261,6 +283,8 @@ static zi_status te_ensure_acts(TeModel *m, int S) {
     m->max_S = 0;
     free(m->ids);
     m->ids = NULL;
+    free(m->rows);
+    m->rows = NULL;
     ZI_TRY(be->ops->alloc(be, &m->acts, total));
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
@@ -268,6 +292,7 @@ static zi_status te_ensure_acts(TeModel *m, int S) {
         off += (spec[i].bytes + 255) & ~(size_t)255;
     }
     ZI_MALLOC(m->ids, N * sizeof(int32_t));
+    ZI_MALLOC(m->rows, N * D * be->weight_size);
     ZI_MALLOC(cs_host, N * (size_t)c->head_dim * sizeof(float));
     te_fill_rope(m, cs_host, S);
     ZI_TRY(be->ops->upload_f32(be, m->t.cs, cs_host, N * (size_t)c->head_dim)); /* cs [S, HD/2, 2] */
@@ -338,15 +363,68 @@ fail:
     return st;
 }
 
-static zi_status te_load_weights(TeModel *m, int device);
+/* x [S, D] = embed_tokens[ids]: the rows read from the mmapped checkpoint, converted on the host as
+   the weights are, uploaded in one copy (the table itself never goes to the backend) */
+static zi_status te_embed(TeModel *m, int S) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const StTensor *t = m->embed;
+    size_t D = (size_t)m->cfg.hidden_size, row = D * st_dtype_size(t->dtype), e = be->weight_size;
+    for (int i = 0; i < S; i++)
+        ZI_TRY(be->ops->weight_to_host(be, (char *)m->rows + i * D * e, (const char *)t->data + m->ids[i] * row,
+                                       t->dtype, D));                                  /* rows [S, D]      */
+    ZI_TRY(be->ops->upload_bytes(be, m->t.x, m->rows, (size_t)S * D * e));           /* x [S, D]         */
+fail:
+    return st;
+}
+
+/* layer i's weights as they are read from a copy of its host bytes [from, from + layer_bytes) at `to` */
+static void te_layer_rebase(TeLayer *dst, const TeLayer *src, const char *from, char *to) {
+#define TE_REBASE(f) dst->f = src->f ? to + ((const char *)src->f - from) : NULL
+    TE_REBASE(q_proj), TE_REBASE(k_proj), TE_REBASE(v_proj), TE_REBASE(o_proj);
+    TE_REBASE(q_bias), TE_REBASE(k_bias), TE_REBASE(v_bias), TE_REBASE(o_bias);
+    TE_REBASE(q_norm), TE_REBASE(k_norm);
+    TE_REBASE(gate_proj), TE_REBASE(up_proj), TE_REBASE(down_proj);
+    TE_REBASE(input_layernorm), TE_REBASE(post_attention_layernorm);
+#undef TE_REBASE
+}
+
+/* Offloaded: layers 0..run-1 on x [S, D], each copied from host memory into one of two device
+   slots on the copy queue. Layer i+2's copy into slot i%2 is queued right after layer i's compute
+   and waits for it (queue_release), layer i waits for its own copy (queue_acquire): the host queues
+   everything at once, the copy of layer i+1 overlaps the compute of layer i. The slots are
+   allocated per call, so they take no device memory while the DiT and the VAE run. */
+static zi_status te_run_streamed(TeModel *m, int S, int run) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    size_t lb = m->layer_bytes;
+    char *slots = NULL, *host = m->host_weights;
+    ZI_TRY(op->alloc(be, (void **)&slots, 2 * lb));                                 /* slots [2][lb]    */
+    for (int i = 0; i < 2; i++) ZI_TRY(op->queue_release(be, m->queue, i)); /* the copies land after the zero fill */
+    for (int i = 0; i < 2 && i < run; i++) ZI_TRY(op->queue_copy(be, m->queue, i, slots + i * lb, host + i * lb, lb));
+    for (int i = 0; i < run; i++) {
+        int s = i & 1;
+        TeLayer l;
+        if (zi_interrupt_requested()) { st = zi_fail(ZI_ERR_INTERRUPTED, "interrupted"); goto fail; }
+        te_layer_rebase(&l, &m->w.layers[i], host + i * lb, slots + s * lb);
+        ZI_TRY(op->queue_acquire(be, m->queue, s));                                  /* layer i landed   */
+        ZI_TRY(te_layer_forward(m, &l, S));                                          /* x [S, D]         */
+        ZI_TRY(op->queue_release(be, m->queue, s));                                  /* slot s read      */
+        if (i + 2 < run) ZI_TRY(op->queue_copy(be, m->queue, s, slots + s * lb, host + (i + 2) * lb, lb));
+    }
+    ZI_TRY(op->synchronize(be)); /* every queued copy was acquired: once compute is done, the slots are idle */
+fail:
+    op->free(be, slots); /* after a failure, copies may still be in flight: a CUDA free waits for the device */
+    return st;
+}
+
+static zi_status te_place(TeModel *m, int device, int offload);
 
 zi_status te_encode(TeModel *m, float *out, const int64_t *ids, int S, int layer) {
     zi_status st = ZI_OK;
-    if (!m->be) ZI_TRY(te_load_weights(m, -1)); /* deferred at load: the CPU, now */
-    ZiBackend *be = m->be;
-    const ZiOps *op = be->ops;
+    if (!m->be) ZI_TRY(te_place(m, -1, 0)); /* deferred at load: the CPU, now */
     const TeConfig *c = &m->cfg;
-    const TeWeights *w = &m->w;
     int D = c->hidden_size, NL = c->n_layers;
     float eps = (float)c->rms_norm_eps;
     if (S <= 0) return zi_fail(ZI_ERR_ARG, "input_ids is empty: at least one token is needed");
@@ -360,17 +438,29 @@ zi_status te_encode(TeModel *m, float *out, const int64_t *ids, int S, int layer
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return zi_fail(ZI_ERR_ARG, "input_ids[%d] = %lld is out of range for vocab_size %d", i, (long long)ids[i],
                            c->vocab_size);
+    int run = layer < NL ? layer : NL;  /* hidden_states[j] is the output of layer j-1 */
+    if (run > m->held_layers || (layer == NL && !m->held_norm)) {
+        /* asked for more than te_limit_layers kept: hold every layer from now on */
+        m->max_layer = NL;
+        ZI_TRY(te_place(m, m->be->device, m->offload));
+    }
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const TeWeights *w = &m->w;
     ZI_TRY(te_ensure_acts(m, S));
     for (int i = 0; i < S; i++) m->ids[i] = (int32_t)ids[i];
 
-    ZI_TRY(op->embedding(be, m->t.x, w->embed_tokens, m->ids, S, D));                /* x [S, D]         */
-    int run = layer < NL ? layer : NL;  /* hidden_states[j] is the output of layer j-1 */
-    for (int i = 0; i < run; i++) {
-        if (zi_interrupt_requested()) { st = zi_fail(ZI_ERR_INTERRUPTED, "interrupted"); goto fail; }
-        ZI_TRY(te_layer_forward(m, &w->layers[i], S));                               /* x [S, D]         */
+    ZI_TRY(te_embed(m, S));                                                          /* x [S, D]         */
+    if (m->offload && run > 0) {
+        ZI_TRY(te_run_streamed(m, S, run));                                          /* x [S, D]         */
+    } else {
+        for (int i = 0; i < run; i++) {
+            if (zi_interrupt_requested()) { st = zi_fail(ZI_ERR_INTERRUPTED, "interrupted"); goto fail; }
+            ZI_TRY(te_layer_forward(m, &w->layers[i], S));                           /* x [S, D]         */
+        }
     }
     if (layer == NL) {
-        ZI_TRY(op->rmsnorm(be, m->t.h, m->t.x, w->norm, S, D, eps));                   /* h [S, D]         */
+        ZI_TRY(op->rmsnorm(be, m->t.h, m->t.x, w->norm, S, D, eps));                 /* h [S, D]         */
         ZI_TRY(op->download(be, out, m->t.h, (size_t)S * D));
     } else {
         ZI_TRY(op->download(be, out, m->t.x, (size_t)S * D));
@@ -382,33 +472,7 @@ fail:
 /* ---------------------------------------------------------------------------------------- */
 /* lifetime */
 
-static zi_status te_load_weights(TeModel *m, int device) {
-    zi_status st = ZI_OK;
-    ZiWeightList wl = {0};
-    ZiBackend *be = NULL;
-    void *block = NULL;
-    TeWeights w = {0};
-    ZI_TRY(zi_backend_get(device, &be));
-    ZI_TRY(te_weight_list(&m->cfg, &w, &wl));
-    ZI_TRY(zi_weights_load(be, &m->ar, &wl, "model.", &block));
-    /* success: release the old device's buffers, adopt the new ones */
-    if (m->be) {
-        m->be->ops->free(m->be, m->weights);
-        m->be->ops->free(m->be, m->acts);
-    }
-    te_weights_free_arrays(&m->w);
-    m->w = w;
-    m->weights = block;
-    m->be = be;
-    m->acts = NULL;
-    m->max_S = 0;
-    zi_weights_list_free(&wl);
-    return ZI_OK;
-fail:
-    te_weights_free_arrays(&w);
-    zi_weights_list_free(&wl);
-    return st;
-}
+static size_t align256(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
 /* names, shapes and dtypes of the checkpoint, without reading any weight data */
 static zi_status te_check_weights(TeModel *m) {
@@ -417,7 +481,116 @@ static zi_status te_check_weights(TeModel *m) {
     TeWeights w = {0};
     ZI_TRY(te_weight_list(&m->cfg, &w, &wl));
     ZI_TRY(zi_weights_check(&m->ar, &wl, "model."));
+    m->embed = zi_weights_find(&m->ar, &wl.specs[0], "model.");                      /* embed_tokens     */
 fail:
+    te_weights_free_arrays(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
+/* layer i's tensors from the checkpoint into dst (backend memory, or host memory when host) */
+static zi_status te_fill_layer(TeModel *m, ZiBackend *be, TeLayer *l, int i, char *dst, int host) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    ZI_TRY(te_layer_specs(&m->cfg, l, i, &wl));
+    size_t off = 0;
+    for (int k = 0; k < wl.n; k++) {
+        const StTensor *t = zi_weights_find(&m->ar, &wl.specs[k], "model.");
+        void *p = dst + off * be->weight_size;
+        if (host) ZI_TRY(be->ops->weight_to_host(be, p, t->data, t->dtype, (size_t)t->numel));
+        else ZI_TRY(be->ops->upload_weight(be, p, t->data, t->dtype, (size_t)t->numel));
+        *wl.specs[k].slot = p;
+        off += (size_t)t->numel;
+    }
+fail:
+    zi_weights_list_free(&wl);
+    return st;
+}
+
+/* a cold checkpoint: start reading layer i's tensors while the one before is copied */
+static zi_status te_prefetch_layer(TeModel *m, int i) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    TeLayer l = {0};
+    ZI_TRY(te_layer_specs(&m->cfg, &l, i, &wl));
+    for (int k = 0; k < wl.n; k++) {
+        const StTensor *t = zi_weights_find(&m->ar, &wl.specs[k], "model.");
+        zi_prefetch(t->data, t->nbytes);
+    }
+fail:
+    zi_weights_list_free(&wl);
+    return st;
+}
+
+/* the model's buffers on its current backend (weights, host weights, queue, activations) */
+static void te_release(TeModel *m) {
+    if (m->be) {
+        m->be->ops->queue_destroy(m->be, m->queue);   /* first: its copies read the host weights */
+        m->be->ops->host_free(m->be, m->host_weights);
+        m->be->ops->free(m->be, m->weights);
+        m->be->ops->free(m->be, m->acts);
+    }
+    m->queue = m->host_weights = m->weights = m->acts = NULL;
+    m->max_S = 0;
+    m->held_layers = m->held_norm = 0;
+    te_weights_free_arrays(&m->w);
+}
+
+/* Read the held layers (and the final norm) for `device`: one block on its backend, or, offloaded,
+   the layers in host memory with a copy queue and only the norm on the backend. Layer i sits at
+   i * layer_bytes in either block, so a slot and the resident block align every tensor alike. */
+static zi_status te_place(TeModel *m, int device, int offload) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = NULL;
+    ZiWeightList wl = {0};
+    TeWeights w = {0};
+    TeLayer probe = {0};
+    void *block = NULL, *host = NULL, *queue = NULL;
+    const TeConfig *c = &m->cfg;
+    int NL = c->n_layers, keep = m->max_layer < NL ? m->max_layer : NL, norm = m->max_layer >= NL;
+    ZI_TRY(zi_backend_get(device, &be));
+    if (be->act_size != be->weight_size)  /* the gathered rows are weights used as activations */
+        return zi_fail(ZI_ERR_STATE, "%s stores activations and weights differently", be->name);
+    ZI_TRY(te_check_weights(m));
+    ZI_TRY(te_layer_specs(c, &probe, 0, &wl));
+    size_t lb = align256(wl.total * be->weight_size), nb = (size_t)c->hidden_size * be->weight_size;
+    zi_weights_list_free(&wl);
+    size_t dev_bytes = (offload ? 0 : keep * lb) + (norm ? nb : 0);
+    ZI_CALLOC(w.layers, (size_t)NL, sizeof(TeLayer));
+    if (dev_bytes) ZI_TRY(be->ops->alloc(be, &block, dev_bytes));
+    if (offload) {
+        ZI_TRY(be->ops->host_alloc(be, &host, keep * lb));
+        ZI_TRY(be->ops->queue_create(be, &queue, 2));
+    }
+    for (int i = 0; i < keep; i++) {
+        if (i + 1 < keep) ZI_TRY(te_prefetch_layer(m, i + 1));
+        ZI_TRY(te_fill_layer(m, be, &w.layers[i], i, (char *)(offload ? host : block) + i * lb, offload));
+    }
+    if (norm) {
+        ZI_TRY(ZI_W1(&wl, &w.norm, c->hidden_size, "norm.weight"));
+        const StTensor *t = zi_weights_find(&m->ar, &wl.specs[0], "model.");
+        w.norm = (char *)block + (offload ? 0 : keep * lb);
+        ZI_TRY(be->ops->upload_weight(be, w.norm, t->data, t->dtype, (size_t)t->numel)); /* norm [D]   */
+    }
+    /* success: release the old device's buffers, adopt the new ones */
+    te_release(m);
+    m->w = w;
+    m->weights = block;
+    m->host_weights = host;
+    m->queue = queue;
+    m->be = be;
+    m->offload = offload;
+    m->held_layers = keep;
+    m->held_norm = norm;
+    m->layer_bytes = lb;
+    zi_weights_list_free(&wl);
+    return ZI_OK;
+fail:
+    if (be) {
+        be->ops->queue_destroy(be, queue);
+        be->ops->host_free(be, host);
+        be->ops->free(be, block);
+    }
     te_weights_free_arrays(&w);
     zi_weights_list_free(&wl);
     return st;
@@ -431,10 +604,11 @@ zi_status te_load(TeModel **out, const char *dir, int device) {
     ZI_CALLOC(m, 1, sizeof *m);
     snprintf(path, sizeof path, "%s/config.json", dir);
     ZI_TRY(te_config_load(&m->cfg, path));
+    m->max_layer = m->cfg.n_layers;
     ZI_TRY(st_open_dir(&m->ar, dir, "model"));
     ZI_TRY(te_build_inv_freq(m));
     if (device == ZI_DEVICE_DEFER) ZI_TRY(te_check_weights(m));
-    else ZI_TRY(te_load_weights(m, device));
+    else ZI_TRY(te_place(m, device, 0));
     *out = m;
     return ZI_OK;
 fail:
@@ -443,8 +617,24 @@ fail:
 }
 
 zi_status te_to_device(TeModel *m, int device) {
-    if (m->be && m->be->device == device) return ZI_OK;
-    return te_load_weights(m, device);
+    if (m->be && m->be->device == device && !m->offload) return ZI_OK;
+    return te_place(m, device, 0);
+}
+
+zi_status te_enable_offload(TeModel *m, int device) {
+    if (m->be && m->be->device == device && m->offload) return ZI_OK;
+    return te_place(m, device, 1);
+}
+
+int te_offloaded(const TeModel *m) { return m->offload; }
+
+zi_status te_limit_layers(TeModel *m, int layer) {
+    int NL = m->cfg.n_layers;
+    if (layer < -(NL + 1) || layer > NL)
+        return zi_fail(ZI_ERR_ARG, "layer %d out of range: hidden_states has %d entries (valid: %d..%d)", layer, NL + 1,
+                       -(NL + 1), NL);
+    m->max_layer = layer < 0 ? layer + NL + 1 : layer;
+    return ZI_OK;
 }
 
 const TeConfig *te_config(const TeModel *m) { return &m->cfg; }
@@ -452,13 +642,10 @@ int te_device(const TeModel *m) { return m->be ? m->be->device : -1; }
 
 void te_free(TeModel *m) {
     if (!m) return;
-    if (m->be) {
-        m->be->ops->free(m->be, m->weights);
-        m->be->ops->free(m->be, m->acts);
-    }
+    te_release(m);
     free(m->ids);
+    free(m->rows);
     free(m->inv_freq);
-    te_weights_free_arrays(&m->w);
     st_close(&m->ar);
     free(m);
 }

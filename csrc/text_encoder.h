@@ -35,7 +35,7 @@ typedef struct TeLayer {
 } TeLayer;
 
 typedef struct TeWeights {
-    void *embed_tokens;              /* [V, D]                                        */
+    void *embed_tokens;              /* [V, D] (listed; the model reads rows from the file) */
     TeLayer *layers;                 /* n_layers                                      */
     void *norm;                      /* [D] final RMSNorm (hidden_states[-1] only)    */
 } TeWeights;
@@ -53,8 +53,19 @@ void te_weights_free_arrays(TeWeights *w);
 /* Load `dir` (config.json + model[.safetensors | -0000k-of-0000n + index]); tensor names with or
    without "model."; lm_head.weight, if present, is ignored. */
 zi_status te_load(TeModel **out, const char *dir, int device);
-/* Move the weights to another device (-1 CPU, >= 0 CUDA) by reloading from the mmapped files. */
+/* Move the weights to another device (-1 CPU, >= 0 CUDA) by reloading from the mmapped files;
+   an offloaded model becomes resident there. */
 zi_status te_to_device(TeModel *m, int device);
+/* Offload: run on `device`, with the decoder layers in host memory (page-locked for a GPU),
+   streamed layer by layer through two device slots on a copy queue during each encode (the
+   slots live only for the call). te_to_device makes the model resident again. */
+zi_status te_enable_offload(TeModel *m, int device);
+int te_offloaded(const TeModel *m);
+/* Hold weights only for hidden_states up to `layer` (negative counts from the end): decoder
+   layers 0..layer-1, and the final norm only for n_layers (the pipeline passes -2, so the last
+   layer and the norm are never read). Takes effect at the next load / move; an encode that asks
+   for more loads every layer again. ZI_ERR_ARG when out of range. */
+zi_status te_limit_layers(TeModel *m, int layer);
 const TeConfig *te_config(const TeModel *m);
 int te_device(const TeModel *m);
 void te_free(TeModel *m);

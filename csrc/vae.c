@@ -6,6 +6,8 @@
  *   -> GroupNorm + SiLU -> conv_out
  * Every GroupNorm has G groups and eps 1e-6 (hard-coded in diffusers). Also the uint8
  * postprocessing of VaeImageProcessor on host arrays (the CPU backend's image_to_uint8).
+ * Offloaded (vae_enable_offload), the weights live in page-locked host memory and visit the
+ * backend whole for each decode call; the weights and the activations are freed after it.
  *
  * Dimension letters: L latent channels, C0 widest channels (block_out_channels[-1]), ci/co a
  * ResNet's channels in/out, H, W the current resolution, HW = H*W, N = tokens of the attention.
@@ -27,7 +29,11 @@ struct VaeModel {
     VaeWeights w;
     ZiBackend *be;
     StArchive ar;           /* mmapped checkpoint, kept for .to(device) reloads          */
-    void *weights;          /* the one weight allocation                                */
+    void *weights;          /* the one weight allocation (offloaded: only during a decode) */
+    int offload;            /* weights in host_weights, visiting the backend per decode  */
+    size_t weight_elems;    /* elements of the weight block                              */
+    void *host_weights;     /* ops->host_alloc block packed as `weights`; w points here
+                               between decodes                                           */
     VaeTiling tiling;       /* enable_tiling state                                      */
     /* activations: one allocation sized for the largest stage seen so far               */
     void *acts;
@@ -393,15 +399,58 @@ fail:
     return st;
 }
 
-static zi_status vae_load_weights(VaeModel *m, int device);
+static zi_status vae_place(VaeModel *m, int device, int offload);
 
 zi_status vae_backend(VaeModel *m, ZiBackend **be) {
     zi_status st = ZI_OK;
     *be = NULL;
-    if (!m->be) ZI_TRY(vae_load_weights(m, -1)); /* deferred at load: the CPU, now */
+    if (!m->be) ZI_TRY(vae_place(m, -1, 0)); /* deferred at load: the CPU, now */
     *be = m->be;
 fail:
     return st;
+}
+
+/* point m->w into a block packed as the loaders pack the weight list (the backend's or the host's) */
+static zi_status vae_point(VaeModel *m, void *block) {
+    zi_status st = ZI_OK;
+    ZiWeightList wl = {0};
+    VaeWeights w = {0};
+    ZI_TRY(vae_weight_list(&m->cfg, &w, &wl, &m->ar));
+    zi_weights_place(m->be, &wl, block);
+    vae_weights_arrays_free(&m->w);
+    m->w = w;
+    w = (VaeWeights){0};
+fail:
+    vae_weights_arrays_free(&w);
+    zi_weights_list_free(&wl);
+    return st;
+}
+
+/* offloaded: the weights come to the backend for this decode (one copy from host memory) */
+static zi_status vae_visit(VaeModel *m) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    void *block = NULL;
+    if (!m->offload || m->weights) return ZI_OK;
+    size_t bytes = m->weight_elems * be->weight_size;
+    ZI_TRY(be->ops->alloc(be, &block, bytes));
+    ZI_TRY(be->ops->upload_bytes(be, block, m->host_weights, bytes));
+    ZI_TRY(vae_point(m, block));
+    m->weights = block;
+    return ZI_OK;
+fail:
+    be->ops->free(be, block);
+    return st;
+}
+
+/* offloaded: after a decode, the weights and activations leave the backend */
+static void vae_unvisit(VaeModel *m) {
+    if (!m->offload || !m->weights) return;
+    m->be->ops->free(m->be, m->weights); /* a CUDA free waits for the decode that reads it */
+    m->be->ops->free(m->be, m->acts);
+    m->weights = m->acts = NULL;
+    memset(m->cap, 0, sizeof m->cap);
+    if (vae_point(m, m->host_weights) != ZI_OK) vae_weights_arrays_free(&m->w); /* re-pointed at the next visit */
 }
 
 /* check a batch of B latents of h x w and size the activations for it */
@@ -409,6 +458,7 @@ static zi_status vae_prepare(VaeModel *m, int B, int h, int w) {
     zi_status st = ZI_OK;
     ZiBackend *be = NULL;
     ZI_TRY(vae_backend(m, &be));
+    ZI_TRY(vae_visit(m));
     int f = vae_up_factor(m);
     if (B <= 0 || h <= 0 || w <= 0) return zi_fail(ZI_ERR_ARG, "latent batch %d of %dx%d is empty", B, h, w);
     if ((int64_t)h * f > INT_MAX / ((int64_t)w * f))
@@ -482,6 +532,7 @@ zi_status vae_decode_dev(VaeModel *m, void *out, const void *z, int B, int h, in
     for (int b = 0; b < B; b++)
         ZI_TRY(vae_decode_sample(m, zi_act(m->be, out, b * nimg), zi_act(m->be, z, b * nz), h, w)); /* [Co, fh, fw] */
 fail:
+    vae_unvisit(m);
     return st;
 }
 
@@ -502,6 +553,7 @@ zi_status vae_decode(VaeModel *m, float *out, const float *z, int B, int h, int 
     }
 fail:
     if (img) m->be->ops->free(m->be, img);
+    vae_unvisit(m);
     return st;
 }
 
@@ -543,7 +595,20 @@ void vae_postprocess_uint8(uint8_t *out, const float *img, int B, int C, int H, 
 /* ---------------------------------------------------------------------------------------- */
 /* lifetime */
 
-static zi_status vae_load_weights(VaeModel *m, int device) {
+/* the model's buffers on its current backend */
+static void vae_release(VaeModel *m) {
+    if (m->be) {
+        m->be->ops->free(m->be, m->weights);
+        m->be->ops->free(m->be, m->acts);
+        m->be->ops->host_free(m->be, m->host_weights);
+    }
+    m->weights = m->acts = m->host_weights = NULL;
+    memset(m->cap, 0, sizeof m->cap);
+    vae_weights_arrays_free(&m->w);
+}
+
+/* read the weights for `device`: one block on its backend, or, offloaded, in host memory */
+static zi_status vae_place(VaeModel *m, int device, int offload) {
     zi_status st = ZI_OK;
     ZiWeightList wl = {0};
     ZiBackend *be = NULL;
@@ -551,18 +616,16 @@ static zi_status vae_load_weights(VaeModel *m, int device) {
     VaeWeights w = {0};
     ZI_TRY(zi_backend_get(device, &be));
     ZI_TRY(vae_weight_list(&m->cfg, &w, &wl, &m->ar));
-    ZI_TRY(zi_weights_load(be, &m->ar, &wl, NULL, &block));
+    if (offload) ZI_TRY(zi_weights_load_host(be, &m->ar, &wl, NULL, &block));
+    else ZI_TRY(zi_weights_load(be, &m->ar, &wl, NULL, &block));
     /* success: release the old device's buffers, adopt the new ones */
-    if (m->be) {
-        m->be->ops->free(m->be, m->weights);
-        m->be->ops->free(m->be, m->acts);
-    }
-    vae_weights_arrays_free(&m->w);
+    vae_release(m);
     m->w = w;
-    m->weights = block;
+    if (offload) m->host_weights = block;
+    else m->weights = block;
+    m->weight_elems = wl.total;
+    m->offload = offload;
     m->be = be;
-    m->acts = NULL;
-    memset(m->cap, 0, sizeof m->cap);
     zi_weights_list_free(&wl);
     return ZI_OK;
 fail:
@@ -596,7 +659,7 @@ zi_status vae_load(VaeModel **out, const char *dir, int device) {
                             .tile_latent = (int)(m->cfg.sample_size / (double)(1 << (m->cfg.n_blocks - 1)))};
     ZI_TRY(st_open_dir(&m->ar, dir, "diffusion_pytorch_model"));
     if (device == ZI_DEVICE_DEFER) ZI_TRY(vae_check_weights(m));
-    else ZI_TRY(vae_load_weights(m, device));
+    else ZI_TRY(vae_place(m, device, 0));
     *out = m;
     return ZI_OK;
 fail:
@@ -605,9 +668,16 @@ fail:
 }
 
 zi_status vae_to_device(VaeModel *m, int device) {
-    if (m->be && m->be->device == device) return ZI_OK;
-    return vae_load_weights(m, device);
+    if (m->be && m->be->device == device && !m->offload) return ZI_OK;
+    return vae_place(m, device, 0);
 }
+
+zi_status vae_enable_offload(VaeModel *m, int device) {
+    if (m->be && m->be->device == device && m->offload) return ZI_OK;
+    return vae_place(m, device, 1);
+}
+
+int vae_offloaded(const VaeModel *m) { return m->offload; }
 
 const VaeConfig *vae_config(const VaeModel *m) { return &m->cfg; }
 int vae_device(const VaeModel *m) { return m->be ? m->be->device : -1; }
@@ -615,11 +685,7 @@ int vae_up_factor(const VaeModel *m) { return 1 << (m->cfg.n_blocks - 1); }
 
 void vae_free(VaeModel *m) {
     if (!m) return;
-    if (m->be) {
-        m->be->ops->free(m->be, m->weights);
-        m->be->ops->free(m->be, m->acts);
-    }
-    vae_weights_arrays_free(&m->w);
+    vae_release(m);
     st_close(&m->ar);
     free(m);
 }

@@ -65,8 +65,14 @@ void vae_weights_arrays_free(VaeWeights *w);
 /* Load `dir` (config.json + diffusion_pytorch_model[.safetensors | shards + index]); the
    encoder tensors are left in the file. */
 zi_status vae_load(VaeModel **out, const char *dir, int device);
-/* Move the weights to another device (-1 CPU, >= 0 CUDA) by reloading from the mmapped files. */
+/* Move the weights to another device (-1 CPU, >= 0 CUDA) by reloading from the mmapped files;
+   an offloaded model becomes resident there. */
 zi_status vae_to_device(VaeModel *m, int device);
+/* Offload: decode on `device` with the weights in host memory (page-locked for a GPU); each decode
+   call copies them to the device whole and frees them and its activations when it returns.
+   vae_to_device makes the model resident again. */
+zi_status vae_enable_offload(VaeModel *m, int device);
+int vae_offloaded(const VaeModel *m);
 const VaeConfig *vae_config(const VaeModel *m);
 int vae_device(const VaeModel *m);
 /* Output size factor 2^(NB-1). */

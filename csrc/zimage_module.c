@@ -6,6 +6,8 @@
  *     def cuda_device_count() -> int: ...            # 0 without a GPU, driver, or CUDA build
  *     def cuda_compiled() -> bool: ...
  *     def cuda_mem_info(device=0) -> (free, total); def cuda_device_properties(device=0) -> dict
+ *     def cuda_memory_stats(device=0) -> dict(allocated, peak, pinned)   # zimage's own allocations
+ *     def cuda_reset_peak_memory_stats(device=0); def cuda_empty_cache(device=0)
  *     def read_safetensors(path) -> dict[str, ndarray[float32]]     # validated reader
  *     def dit_weight_manifest(config_json) / text_encoder_weight_manifest / vae_weight_manifest
  *     def flow_match_schedule(steps, shift=3.0, sigmas=None) -> (sigmas, timesteps, t_model)
@@ -17,7 +19,8 @@
  *         def to(self, device: int) -> None
  *         config: dict; device: int
  *     class Qwen2Tokenizer: from_pretrained, encode, decode, format_prompt, encode_prompt
- *     class ZImagePipeline: from_pretrained, to, __call__, encode_prompt, set_progress_bar_config
+ *     class ZImagePipeline: from_pretrained, to, __call__, encode_prompt, set_progress_bar_config,
+ *                           enable_model_cpu_offload, enable_sequential_cpu_offload
  *
  * Long C work runs with the GIL released under a per-object lock (bz2's pattern), so two
  * Python threads never drive one native object at once. Status codes become exceptions in
@@ -136,6 +139,35 @@ static PyObject *py_cuda_device_properties(PyObject *module, PyObject *args) {
 }
 
 static PyObject *py_cuda_compiled(PyObject *module, PyObject *unused) { return PyBool_FromLong(zi_cuda_compiled()); }
+
+static PyObject *py_cuda_memory_stats(PyObject *module, PyObject *args) {
+    int device = 0;
+    ZiMemStats s;
+    if (!PyArg_ParseTuple(args, "|i", &device)) return NULL;
+    zi_status st = zi_cuda_memory_stats(device, &s);
+    if (st != ZI_OK) return zi_raise(module, st);
+    return Py_BuildValue("{s:n,s:n,s:n}", "allocated", (Py_ssize_t)s.allocated, "peak", (Py_ssize_t)s.peak, "pinned",
+                         (Py_ssize_t)s.pinned);
+}
+
+static PyObject *py_cuda_reset_peak_memory_stats(PyObject *module, PyObject *args) {
+    int device = 0;
+    if (!PyArg_ParseTuple(args, "|i", &device)) return NULL;
+    zi_status st = zi_cuda_reset_peak_memory(device);
+    if (st != ZI_OK) return zi_raise(module, st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_cuda_empty_cache(PyObject *module, PyObject *args) {
+    int device = 0;
+    if (!PyArg_ParseTuple(args, "|i", &device)) return NULL;
+    zi_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = zi_cuda_empty_cache(device); /* waits for the device's queued work */
+    Py_END_ALLOW_THREADS
+    if (st != ZI_OK) return zi_raise(module, st);
+    Py_RETURN_NONE;
+}
 
 static PyObject *py_read_safetensors(PyObject *module, PyObject *arg) {
     PyObject *path_bytes = NULL, *dict = NULL;
@@ -298,6 +330,21 @@ static PyObject *Model_to(ModelObject *self, PyObject *arg) {
     ACQUIRE_LOCK(self->lock);
     Py_BEGIN_ALLOW_THREADS
     st = self->kind->to_device(self->model, device);
+    Py_END_ALLOW_THREADS
+    RELEASE_LOCK(self->lock);
+    if (st != ZI_OK) return zi_raise(self->module, st);
+    Py_RETURN_NONE;
+}
+
+/* enable_offload(device: int) of the text encoder and the VAE: weights to host memory, run on device */
+static PyObject *model_enable_offload(ModelObject *self, PyObject *arg, zi_status (*enable)(void *, int)) {
+    int device = PyLong_AsLong(arg);
+    if (device == -1 && PyErr_Occurred()) return NULL;
+    if (!model_ready(self)) return NULL;
+    zi_status st;
+    ACQUIRE_LOCK(self->lock);
+    Py_BEGIN_ALLOW_THREADS
+    st = enable(self->model, device);
     Py_END_ALLOW_THREADS
     RELEASE_LOCK(self->lock);
     if (st != ZI_OK) return zi_raise(self->module, st);
@@ -869,8 +916,10 @@ static PyType_Spec Tokenizer_spec = {
  *     class TextEncoder:
  *         def __init__(self, path: str, device: int = -1): ...
  *         def encode(self, input_ids: int64[L], layer: int = -2) -> f32[L, hidden_size]   # hidden_states[layer]
- *         def to(self, device: int) -> None
- *         config: dict; device: int
+ *         def to(self, device: int) -> None                   # resident on device
+ *         def enable_offload(self, device: int) -> None       # layers in host memory, streamed to device
+ *         def limit_layers(self, layer: int) -> None          # hold weights up to hidden_states[layer]
+ *         config: dict; device: int; offloaded: bool
  *     def text_encoder_weight_manifest(config_json, prefix="model.") -> list[tuple[str, tuple]]
  */
 #include "text_encoder.h"
@@ -950,10 +999,44 @@ MODEL_KIND(te, TeModel, "TextEncoder", te_config_dict);
 
 static PyObject *TextEncoder_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &te_kind); }
 
+static zi_status te_offload_fn(void *m, int device) { return te_enable_offload(m, device); }
+static PyObject *TextEncoder_enable_offload(TextEncoderObject *self, PyObject *arg) {
+    return model_enable_offload(self, arg, te_offload_fn);
+}
+
+static PyObject *TextEncoder_get_offloaded(TextEncoderObject *self, void *closure) {
+    return model_ready(self) ? PyBool_FromLong(te_offloaded(self->model)) : NULL;
+}
+
+static PyObject *TextEncoder_limit_layers(TextEncoderObject *self, PyObject *arg) {
+    int layer = PyLong_AsLong(arg);
+    if (layer == -1 && PyErr_Occurred()) return NULL;
+    if (!model_ready(self)) return NULL;
+    zi_status st;
+    ACQUIRE_LOCK(self->lock);
+    st = te_limit_layers(self->model, layer);
+    RELEASE_LOCK(self->lock);
+    if (st != ZI_OK) return zi_raise(self->module, st);
+    Py_RETURN_NONE;
+}
+
+static PyGetSetDef TextEncoder_getset[] = {
+    {"config", (getter)Model_get_config, NULL, "the parsed config.json values", NULL},
+    {"device", (getter)Model_get_device, NULL, "-1 for the CPU, else the CUDA ordinal (where it runs)", NULL},
+    {"offloaded", (getter)TextEncoder_get_offloaded, NULL, "the layers live in host memory and stream to the device", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMethodDef TextEncoder_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))TextEncoder_encode, METH_VARARGS | METH_KEYWORDS,
      "encode(input_ids, layer=-2) -> float32 (L, hidden_size): hidden_states[layer] of one unpadded sequence"},
-    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
+    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N); resident there"},
+    {"enable_offload", (PyCFunction)TextEncoder_enable_offload, METH_O,
+     "enable_offload(device: int): run on device with the layers in (page-locked) host memory, streamed layer by "
+     "layer during each encode; to(device) makes it resident again"},
+    {"limit_layers", (PyCFunction)TextEncoder_limit_layers, METH_O,
+     "limit_layers(layer: int): hold weights only for hidden_states up to layer (-2: not the last layer nor the "
+     "final norm), from the next load on; an encode asking for more loads them all"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -962,7 +1045,7 @@ static PyType_Slot TextEncoder_slots[] = {
     {Py_tp_init, Model_init},
     {Py_tp_dealloc, Model_dealloc},
     {Py_tp_methods, TextEncoder_methods},
-    {Py_tp_getset, Model_getset},
+    {Py_tp_getset, TextEncoder_getset},
     {Py_tp_doc, "TextEncoder(path, device=-1): the Qwen3 text encoder loaded from a transformers text_encoder/ folder"},
     {0, NULL},
 };
@@ -989,11 +1072,12 @@ static PyMethodDef te_module_functions[] = {
  *     class Vae:                                       # the decoder of a loaded AutoencoderKL
  *         def __init__(self, path: str, device: int = -1): ...
  *         def decode(self, z: f32[B,L,h,w]) -> f32[B,Co,f*h,f*w]     # f = up_factor
- *         def to(self, device: int) -> None
+ *         def to(self, device: int) -> None                   # resident on device
+ *         def enable_offload(self, device: int) -> None       # weights in host memory, visiting per decode
  *         def enable_tiling(self, tile_sample_min_size=None, tile_latent_min_size=None, tile_overlap_factor=None)
  *         def disable_tiling(self) -> None
  *         def activation_bytes(self, h: int, w: int, act_size: int) -> int   # of a first decode of h x w
- *         config: dict; device: int; up_factor: int
+ *         config: dict; device: int; up_factor: int; offloaded: bool
  *         tiling: dict(use_tiling, tile_sample_min_size, tile_latent_min_size, tile_overlap_factor)
  */
 #include "vae.h"
@@ -1205,10 +1289,20 @@ MODEL_KIND(vae, VaeModel, "Vae", vae_config_dict);
 
 static PyObject *Vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &vae_kind); }
 
+static zi_status vae_offload_fn(void *m, int device) { return vae_enable_offload(m, device); }
+static PyObject *Vae_enable_offload(VaeObject *self, PyObject *arg) { return model_enable_offload(self, arg, vae_offload_fn); }
+
+static PyObject *Vae_get_offloaded(VaeObject *self, void *closure) {
+    return model_ready(self) ? PyBool_FromLong(vae_offloaded(self->model)) : NULL;
+}
+
 static PyMethodDef Vae_methods[] = {
     {"decode", (PyCFunction)Vae_decode, METH_O,
      "decode(z f32 (B, latent_channels, h, w)) -> f32 (B, out_channels, f*h, f*w): Decoder.forward per sample"},
-    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N)"},
+    {"to", (PyCFunction)Model_to, METH_O, "to(device: int): move the weights (-1 = CPU, N = cuda:N); resident there"},
+    {"enable_offload", (PyCFunction)Vae_enable_offload, METH_O,
+     "enable_offload(device: int): decode on device with the weights in (page-locked) host memory, copied to the "
+     "device for each decode call and freed after it with the activations; to(device) makes it resident again"},
     {"enable_tiling", (PyCFunction)(void (*)(void))Vae_enable_tiling, METH_VARARGS | METH_KEYWORDS,
      "enable_tiling(tile_sample_min_size=None, tile_latent_min_size=None, tile_overlap_factor=None): decode latents "
      "larger than tile_latent_min_size in overlapping tiles (AutoencoderKL.tiled_decode); None keeps a value"},
@@ -1225,6 +1319,7 @@ static PyGetSetDef Vae_getset[] = {
     {"config", (getter)Model_get_config, NULL, "the parsed config.json values (diffusers defaults filled in)", NULL},
     {"device", (getter)Model_get_device, NULL, "-1 for the CPU, else the CUDA ordinal", NULL},
     {"up_factor", (getter)Vae_get_up_factor, NULL, "output size / latent size = 2**(len(block_out_channels)-1)", NULL},
+    {"offloaded", (getter)Vae_get_offloaded, NULL, "the weights live in host memory and visit the device per decode", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1258,6 +1353,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *transformer, *text_encoder, *tokenizer, *vae, *scheduler;
     PyObject *progress_config;      /* dict given to set_progress_bar_config */
+    int offload_gpu_id;             /* the GPU of the last enable_model_cpu_offload (diffusers' _offload_gpu_id) */
     PyThread_type_lock lock;
     PyObject *module;
 } PipelineObject;
@@ -1795,6 +1891,17 @@ static int Pipeline_init(PipelineObject *self, PyObject *args, PyObject *kw) {
     Py_INCREF(te); Py_XSETREF(self->text_encoder, te);
     Py_INCREF(tok); Py_XSETREF(self->tokenizer, tok);
     Py_INCREF(tr); Py_XSETREF(self->transformer, tr);
+    /* the pipeline reads hidden_states[-2]: the text encoder's last layer and final norm are never
+       loaded (a direct encode asking for them loads them); a foreign text encoder is left alone */
+    TextEncoderObject *tec = component_core(te, get_state(self->module)->TextEncoderType, "text_encoder");
+    if (!tec) {
+        PyErr_Clear();
+        return 0;
+    }
+    ACQUIRE_LOCK(tec->lock);
+    zi_status st = te_limit_layers(tec->model, -2);
+    RELEASE_LOCK(tec->lock);
+    if (st != ZI_OK) { zi_raise(self->module, st); return -1; }
     return 0;
 }
 
@@ -1840,10 +1947,29 @@ static PyObject *Pipeline_from_pretrained(PyObject *cls, PyObject *args, PyObjec
     return r;
 }
 
-/* to(device) / to(dtype): every component moves; returns the pipeline */
+/* the device (-1 CPU, N cuda:N) a component's C model runs on, or -1 for a foreign component */
+static int component_device(PipelineObject *self, PyObject *obj) {
+    PyObject *core = obj ? PyObject_GetAttrString(obj, "_core") : NULL;
+    int d = -1;
+    ModuleState *ms = get_state(self->module);
+    if (core && (PyObject_TypeCheck(core, ms->TransformerType) || PyObject_TypeCheck(core, ms->TextEncoderType) ||
+                 PyObject_TypeCheck(core, ms->VaeType))) {
+        ModelObject *mo = (ModelObject *)core;
+        if (mo->model) d = mo->kind->device(mo->model);
+    }
+    if (!core) PyErr_Clear();
+    Py_XDECREF(core);
+    return d;
+}
+
+/* to(device) / to(dtype): every component moves and becomes resident there (offloading ends);
+   a GPU that no component runs on any more gets zimage's cached scratch back (cuda_empty_cache).
+   Returns the pipeline. */
 static PyObject *Pipeline_to(PipelineObject *self, PyObject *args, PyObject *kw) {
     PyObject *comps[] = {self->text_encoder, self->transformer, self->vae};
+    int before[3], after[3];
     ACQUIRE_LOCK(self->lock);
+    for (int i = 0; i < 3; i++) before[i] = component_device(self, comps[i]);
     for (int i = 0; i < 3; i++) {
         PyObject *m = PyObject_GetAttrString(comps[i], "to");
         PyObject *r = m ? PyObject_Call(m, args, kw) : NULL;
@@ -1851,9 +1977,65 @@ static PyObject *Pipeline_to(PipelineObject *self, PyObject *args, PyObject *kw)
         if (!r) { RELEASE_LOCK(self->lock); return NULL; }
         Py_DECREF(r);
     }
+    for (int i = 0; i < 3; i++) after[i] = component_device(self, comps[i]);
+    zi_status st = ZI_OK;
+    for (int i = 0; i < 3 && st == ZI_OK; i++) {
+        int left = before[i] >= 0 && before[i] != after[0] && before[i] != after[1] && before[i] != after[2];
+        for (int j = 0; j < i; j++) left &= before[j] != before[i]; /* once per device */
+        if (!left) continue;
+        Py_BEGIN_ALLOW_THREADS
+        st = zi_cuda_empty_cache(before[i]);
+        Py_END_ALLOW_THREADS
+    }
     RELEASE_LOCK(self->lock);
+    if (st != ZI_OK) return zi_raise(self->module, st);
     Py_INCREF(self);
     return (PyObject *)self;
+}
+
+/* enable_model_cpu_offload(gpu_id=None, device=None): diffusers' arguments (read by
+   _pipeline_support.offload_device). The transformer becomes resident on the GPU; the text
+   encoder's layers go to page-locked host memory and stream to the GPU layer by layer while it
+   encodes; the VAE's weights go to page-locked host memory and visit the GPU for each decode. */
+static PyObject *pipeline_offload(PipelineObject *self, PyObject *args, PyObject *kw, const char *name) {
+    static char *kwlist[] = {"gpu_id", "device", NULL};
+    PyObject *gpu_id = Py_None, *device = Py_None, *r = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &gpu_id, &device)) return NULL;
+    PyObject *ord = support_call("offload_device", Py_BuildValue("(sOOi)", name, gpu_id, device, self->offload_gpu_id), NULL);
+    if (!ord) return NULL;
+    int d = (int)PyLong_AsLong(ord);
+    Py_DECREF(ord);
+    if (d == -1 && PyErr_Occurred()) return NULL;
+    ModuleState *ms = get_state(self->module);
+    PyObject *te = component_core(self->text_encoder, ms->TextEncoderType, "text_encoder");
+    PyObject *vae = te ? component_core(self->vae, ms->VaeType, "vae") : NULL;
+    if (!te || !vae) return NULL;
+    ACQUIRE_LOCK(self->lock);
+    /* host copies first, so resident text encoder / VAE weights leave the GPU before the transformer comes */
+    r = PyObject_CallMethod(te, "enable_offload", "i", d);
+    if (r) Py_SETREF(r, PyObject_CallMethod(vae, "enable_offload", "i", d));
+    if (r) Py_SETREF(r, PyObject_CallMethod(self->transformer, "to", "i", d));
+    if (r) self->offload_gpu_id = d;
+    RELEASE_LOCK(self->lock);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pipeline_enable_model_cpu_offload(PipelineObject *self, PyObject *args, PyObject *kw) {
+    return pipeline_offload(self, args, kw, "enable_model_cpu_offload");
+}
+
+/* diffusers' sequential offload streams every model, the transformer too; here it is model offload
+   (the text encoder streamed layer by layer, the transformer resident), with a warning saying so */
+static PyObject *Pipeline_enable_sequential_cpu_offload(PipelineObject *self, PyObject *args, PyObject *kw) {
+    if (PyErr_WarnEx(PyExc_UserWarning,
+                     "zimage: enable_sequential_cpu_offload() does what enable_model_cpu_offload() does: the text "
+                     "encoder streams from host memory layer by layer and the VAE visits per decode, but the "
+                     "transformer (11.5 GiB in bf16) stays resident on the GPU",
+                     1) < 0)
+        return NULL;
+    return pipeline_offload(self, args, kw, "enable_sequential_cpu_offload");
 }
 
 static PyObject *Pipeline_set_progress_bar_config(PipelineObject *self, PyObject *args, PyObject *kw) {
@@ -1926,7 +2108,17 @@ static PyGetSetDef Pipeline_getset[] = {
 static PyMethodDef Pipeline_methods[] = {
     {"from_pretrained", (PyCFunction)(void (*)(void))Pipeline_from_pretrained, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_pretrained(name_or_path, torch_dtype=None, **kw): a local diffusers folder or a hub id (caches, then download)"},
-    {"to", (PyCFunction)(void (*)(void))Pipeline_to, METH_VARARGS | METH_KEYWORDS, "to(device) -> the pipeline, moved"},
+    {"to", (PyCFunction)(void (*)(void))Pipeline_to, METH_VARARGS | METH_KEYWORDS,
+     "to(device) -> the pipeline, every component resident on device (ends offloading)"},
+    {"enable_model_cpu_offload", (PyCFunction)(void (*)(void))Pipeline_enable_model_cpu_offload,
+     METH_VARARGS | METH_KEYWORDS,
+     "enable_model_cpu_offload(gpu_id=None, device=None): the transformer resident on the GPU, the text encoder "
+     "and the VAE in page-locked host memory, visiting the GPU while they run (the text encoder layer by layer); "
+     "pipe.to(device) makes everything resident again. RuntimeError without a CUDA GPU, as in diffusers"},
+    {"enable_sequential_cpu_offload", (PyCFunction)(void (*)(void))Pipeline_enable_sequential_cpu_offload,
+     METH_VARARGS | METH_KEYWORDS,
+     "enable_sequential_cpu_offload(gpu_id=None, device=None): enable_model_cpu_offload, with a UserWarning: the "
+     "transformer stays resident"},
     {"set_progress_bar_config", (PyCFunction)(void (*)(void))Pipeline_set_progress_bar_config, METH_VARARGS | METH_KEYWORDS,
      "set_progress_bar_config(disable=True, ...) as in diffusers"},
     {"encode_prompt", (PyCFunction)(void (*)(void))Pipeline_encode_prompt, METH_VARARGS | METH_KEYWORDS,
@@ -2011,6 +2203,13 @@ static PyMethodDef module_methods[] = {
     {"cuda_device_count", py_cuda_device_count, METH_NOARGS, "number of usable CUDA GPUs (0 without GPU/driver/CUDA build)"},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "whether this build includes the CUDA backend"},
     {"cuda_mem_info", py_cuda_mem_info, METH_VARARGS, "cuda_mem_info(device=0) -> (free, total) bytes, device-wide"},
+    {"cuda_memory_stats", py_cuda_memory_stats, METH_VARARGS,
+     "cuda_memory_stats(device=0) -> dict(allocated, peak, pinned): bytes of device memory zimage holds on the GPU now "
+     "and at most since the last reset, and of page-locked host memory holding offloaded weights"},
+    {"cuda_reset_peak_memory_stats", py_cuda_reset_peak_memory_stats, METH_VARARGS,
+     "cuda_reset_peak_memory_stats(device=0): the peak becomes the current allocation"},
+    {"cuda_empty_cache", py_cuda_empty_cache, METH_VARARGS,
+     "cuda_empty_cache(device=0): free zimage's cached scratch and staging buffers on the GPU (they regrow on use)"},
     {"cuda_device_properties", py_cuda_device_properties, METH_VARARGS,
      "cuda_device_properties(device=0) -> dict(name, multi_processor_count, max_threads_per_multi_processor, major, minor)"},
     {"read_safetensors", py_read_safetensors, METH_O, "read_safetensors(path) -> dict of float32 arrays (validated)"},

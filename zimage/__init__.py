@@ -12,6 +12,8 @@ from .scheduler import FlowMatchEulerDiscreteScheduler
 from .image import Image
 from .generator import Generator
 from ._pipeline_support import ZImagePipelineOutput
+from .memory import (cuda_empty_cache, cuda_max_memory_allocated, cuda_memory_allocated, cuda_memory_stats,
+                     cuda_reset_peak_memory_stats)
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,11 @@ __all__ = [
     "bfloat16",
     "cuda_compiled",
     "cuda_device_count",
+    "cuda_empty_cache",
+    "cuda_max_memory_allocated",
+    "cuda_memory_allocated",
+    "cuda_memory_stats",
+    "cuda_reset_peak_memory_stats",
     "float16",
     "float32",
 ]

@@ -39,7 +39,14 @@ class Component:
 
     @property
     def device(self):
+        """Where the model runs ("cuda:0" also while offloaded)."""
         return device_name(self._core.device)
+
+    @property
+    def offloaded(self):
+        """The weights live in host memory and visit the GPU while the model runs
+        (ZImagePipeline.enable_model_cpu_offload); .to(device) makes them resident again."""
+        return bool(getattr(self._core, "offloaded", False))
 
     def to(self, device=None, dtype=None):
         """to(device), to(dtype) or to(device, dtype), like torch; returns self."""

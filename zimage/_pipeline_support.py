@@ -1,5 +1,6 @@
 """Small Python helpers the C ZImagePipeline calls: loading the components of a resolved
-folder, the initial noise from a generator, the progress bar and the output objects."""
+folder, the offload device arguments, the initial noise from a generator, the progress bar and
+the output objects."""
 import json
 import os
 import sys
@@ -57,6 +58,38 @@ def load_components(pretrained_model_name_or_path, torch_dtype=None, **kwargs):
         "scheduler": lambda: FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
     }
     return {name: given[name] if name in given else load() for name, load in loaders.items()}
+
+
+def offload_device(name, gpu_id, device, previous):
+    """The GPU ordinal enable_model_cpu_offload(gpu_id, device) targets, read as diffusers reads its
+    arguments: device None means the accelerator (RuntimeError without one), gpu_id and an index in
+    device together are a ValueError, else gpu_id, the device's index, the previous call's GPU, 0."""
+    from . import _zimage
+
+    if gpu_id is not None and (isinstance(gpu_id, bool) or not isinstance(gpu_id, int) or gpu_id < 0):
+        raise ValueError(f"gpu_id must be a non-negative int, got {gpu_id!r}")
+    if device is None:
+        if _zimage.cuda_device_count() == 0:
+            raise RuntimeError(f"`{name}` requires accelerator, but not found")
+        device = "cuda"
+    if isinstance(device, int) and not isinstance(device, bool):
+        index = device  # torch.device(0) is cuda:0
+    else:
+        text = str(device).strip().lower()  # also a torch.device
+        if text == "cuda":
+            index = None
+        elif text.startswith("cuda:") and text[5:].isdigit():
+            index = int(text[5:])
+        elif text == "cpu":
+            raise ValueError(f"`{name}` runs the models on a CUDA GPU, not device={device!r}; "
+                             "pipe.to('cpu') runs everything on the CPU")
+        else:
+            raise ValueError(f"invalid device {device!r}: use 'cuda' or 'cuda:N'")
+    if gpu_id is not None and index is not None:
+        raise ValueError(f"You have passed both `gpu_id`={gpu_id} and an index as part of the passed device "
+                         f"`device`={device}Cannot pass both. Please make sure to either not define `gpu_id` or not "
+                         "pass the index as part of the device: `device`=cuda")
+    return gpu_id or index or previous or 0
 
 
 def initial_latents(shape, generator):
