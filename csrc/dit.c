@@ -373,6 +373,17 @@ fail:
 
 static zi_status dit_load_weights(DitModel *m, int device);
 
+/* Give the activations back (they are reallocated by the next forward). */
+void dit_release_acts(DitModel *m) {
+    if (!m->be) return;
+    m->be->ops->free(m->be, m->acts);
+    m->acts = NULL;
+    m->cs_valid = 0;
+    m->max_S = m->max_N = m->max_L = 0;
+    m->max_lat = 0;
+}
+
+
 zi_status dit_backend(DitModel *m, ZiBackend **be) {
     zi_status st = ZI_OK;
     *be = NULL;

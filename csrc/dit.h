@@ -64,6 +64,8 @@ zi_status dit_to_device(DitModel *m, int device);
 const DitConfig *dit_config(const DitModel *m);
 int dit_device(const DitModel *m);
 void dit_free(DitModel *m);
+/* Free the activation buffers until the next forward (offloaded pipelines: before the VAE decode). */
+void dit_release_acts(DitModel *m);
 
 /* The backend holding the weights; weights deferred at load are loaded now, onto the CPU (as
    the first forward would). */

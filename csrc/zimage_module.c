@@ -1805,6 +1805,12 @@ static PyObject *Pipeline_call(PipelineObject *self, PyObject *args, PyObject *k
     st = dit_backend(tr->model, &be);
     if (st == ZI_OK) st = zi_latents_create(&dlat, be, PyArray_DATA((PyArrayObject *)lat), B, C, h, w);
     if (st == ZI_OK) st = zi_pipeline_denoise(tr->model, &dlat, &da);
+    if (st == ZI_OK && decode && vae_offloaded(vae->model) && be->device >= 0) {
+        /* offloaded: the transformer's activations and the cached scratch leave the GPU before the
+           VAE visits, so the decode's peak sits on the transformer's weights alone */
+        dit_release_acts(tr->model);
+        st = zi_cuda_empty_cache(be->device);
+    }
     Py_END_ALLOW_THREADS
     RELEASE_LOCK(tr->lock);
     {
