@@ -28,7 +28,8 @@
 #define LT_CANDIDATES 8                  /* heuristic candidates timed for large products */
 #define LT_TUNE_FLOP 2e10                /* time the candidates of products above this    */
 #define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
-#define ATTN_SCRATCH_MB 128              /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
+#define ATTN_SCRATCH_MB 32               /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
+#define CONV_SCRATCH_MB 128              /* a conv's packed NHWC input; larger images go in row bands */
 
 /* one cuBLASLt problem: column-major C[m,n] = alpha op(A) op(B) (+ bias[m]) + beta C; A, B bf16, C bf16 or f32 */
 typedef struct LtPlan {
@@ -64,6 +65,7 @@ typedef struct ZiCuda {
     Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm + sumsq, copy */
     Scratch attn;                    /* HD > 128 attention: fp32 scores + bf16 P chunk   */
     size_t attn_bytes;               /* cap of attn (ZIMAGE_ATTN_SCRATCH_MB)             */
+    size_t conv_bytes;               /* cap of a conv's packed input (ZIMAGE_CONV_SCRATCH_MB) */
     void *pinned[2];                 /* host staging, STAGE_BYTES each (NULL until used) */
     void *dstage[2];                 /* device staging, STAGE_BYTES each                 */
     cudaEvent_t stage_ev[2];         /* staging buffer i is free again once this fires   */
@@ -302,6 +304,8 @@ zi_status zi_backend_cuda_create(int device, ZiBackend **out) {
     cu->gemm_tune = tune && tune[0] && strcmp(tune, "0") != 0;
     const char *prof = getenv("ZIMAGE_PROFILE");
     cu->profile = prof && prof[0] && strcmp(prof, "0") != 0;
+    const char *cmb = getenv("ZIMAGE_CONV_SCRATCH_MB");
+    cu->conv_bytes = (size_t)(cmb && atoi(cmb) > 0 ? atoi(cmb) : CONV_SCRATCH_MB) << 20;
     const char *amb = getenv("ZIMAGE_ATTN_SCRATCH_MB");
     cu->attn_bytes = (size_t)(amb && atoi(amb) > 0 ? atoi(amb) : ATTN_SCRATCH_MB) << 20;
     CU_TRY(cudaSetDevice(device));
@@ -964,16 +968,41 @@ static size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
                               int H, int W, int Co, int k, int pad, const ConvPre *pre) {
     zi_status st = ZI_OK;
-    size_t HW = (size_t)H * W, xb = align256((size_t)B * HW * Ci * 2), wb = align256((size_t)Co * Ci * k * k * 2);
+    size_t HW = (size_t)H * W, wb = align256((size_t)Co * Ci * k * k * 2);
     size_t nparts = pre->norm ? zi_groupnorm_stats_partials(B, Ci, (int)HW, pre->G) : 0;
     size_t sb = pre->norm ? align256((size_t)B * pre->G * 8) : 0;
+    /* one image without upsampling packs at most conv_bytes of input: bands of output rows, each with
+       the input rows it reads (pad above and k - 1 - pad below); otherwise the whole input */
+    int Ho = H + 2 * pad - k + 1, band = Ho;
+    size_t row_bytes = (size_t)W * Ci * 2;
+    if (B == 1 && !pre->up && Ho > 0 && (size_t)H * row_bytes > cu->conv_bytes) {
+        size_t rows = cu->conv_bytes / row_bytes;
+        band = rows > (size_t)k ? (int)(rows - (size_t)(k - 1)) : 1;
+        if (band > Ho) band = Ho;
+    }
+    size_t in_rows = band == Ho ? (size_t)H : (size_t)band + (size_t)k - 1;
+    size_t xb = align256((size_t)B * in_rows * W * Ci * 2);
     ZI_TRY(scratch_reserve(cu, &cu->col, xb + wb + sb + nparts * 8));
     char *xin = cu->col.p, *wp = xin + xb;
     float *stats = pre->norm ? (float *)(wp + wb) : NULL, *partials = pre->norm ? (float *)(wp + wb + sb) : NULL;
     if (pre->norm) CU_TRY(zi_groupnorm_stats_cuda(stats, partials, in, B, Ci, (int)HW, pre->G, pre->eps, cu->stream));
-    CU_TRY(zi_conv_pack_input_cuda(xin, in, B, Ci, (int)HW, stats, pre->G, pre->gamma, pre->beta, pre->silu, cu->stream));
     CU_TRY(zi_conv_pack_weight_cuda(wp, w, Co, Ci, k * k, cu->stream));
-    CU_TRY(zi_conv2d_igemm_cuda(out, xin, wp, bias, pre->res, B, Ci, H, W, Co, k, pad, pre->up, conv_tile(), cu->stream));
+    if (band == Ho) {
+        CU_TRY(zi_conv_pack_input_cuda(xin, in, B, Ci, (int)HW, HW, stats, pre->G, pre->gamma, pre->beta, pre->silu,
+                                       cu->stream));
+        CU_TRY(zi_conv2d_igemm_cuda(out, xin, wp, bias, pre->res, B, Ci, H, W, Co, k, pad, pre->up, conv_tile(),
+                                    cu->stream));
+        return ZI_OK;
+    }
+    for (int y0 = 0; y0 < Ho; y0 += band) { /* the stream orders each band's packing after the last band's GEMM */
+        int ny = Ho - y0 < band ? Ho - y0 : band;
+        int r0 = y0 - pad < 0 ? 0 : y0 - pad, r1 = y0 + ny - 1 - pad + k < H ? y0 + ny - 1 - pad + k : H;
+        const char *src = (const char *)in + (size_t)r0 * W * 2;
+        CU_TRY(zi_conv_pack_input_cuda(xin, src, 1, Ci, (r1 - r0) * W, HW, stats, pre->G, pre->gamma, pre->beta,
+                                       pre->silu, cu->stream));
+        CU_TRY(zi_conv2d_igemm_band_cuda(out, xin, wp, bias, pre->res, 1, Ci, H, W, Co, k, pad, 0, y0, ny, r0,
+                                         conv_tile(), cu->stream));
+    }
 fail:
     return st;
 }

@@ -276,7 +276,9 @@ static void vae_acts_plan(const VaeModel *m, int h, int w, size_t n[VAE_NACTS]) 
     if (tok > y) y = tok;
     size_t img = Co * (HW0 << (2 * (c->n_blocks - 1)));
     if (img > y) y = img;
-    size_t plan[VAE_NACTS] = {big, big, y, tok, tok, L * (size_t)h * w, L * HW0, zt, sv, sh};
+    /* x: any block's input or output; y: conv1 outputs, the copy of a block's output before its upsample,
+       attention tokens, the tile image; h: shortcut outputs and attention tokens (at most y) */
+    size_t plan[VAE_NACTS] = {big, y, y, tok, tok, L * (size_t)h * w, L * HW0, zt, sv, sh};
     memcpy(n, plan, sizeof plan);
 }
 
@@ -384,10 +386,9 @@ static zi_status vae_decode_one(VaeModel *m, void *out, const void *z, int h, in
         int co = vae_block_out(c, i);
         for (int j = 0; j < nr; j++) ZI_TRY(vae_resnet(m, &wt->up[i * nr + j], H, W)); /* x [co, H, W]   */
         if (i < c->n_blocks - 1) {
-            ZI_TRY(op->upsample_conv2d(be, m->t.h, m->t.x, wt->ups_w[i], wt->ups_b[i], 1, co, H, W, co, 3, 1)); /* h [co, 2H, 2W] */
+            ZI_TRY(op->copy(be, m->t.y, m->t.x, (size_t)co * H * W));                     /* y [co, H, W]  */
+            ZI_TRY(op->upsample_conv2d(be, m->t.x, m->t.y, wt->ups_w[i], wt->ups_b[i], 1, co, H, W, co, 3, 1)); /* x [co, 2H, 2W] */
             H *= 2, W *= 2;
-            void *up = m->t.h;                                                             /* x = h: both hold */
-            m->t.h = m->t.x, m->t.x = up;                                                  /* `big` elements   */
         }
     }
 

@@ -34,8 +34,11 @@ struct ConvArgs {
     int Ci, Co, k, pad, up;
     int H, W;             /* the conv's input size (2Hs x 2Ws when up)           */
     int Hs, Ws;           /* the stored input's size                             */
-    int Ho, Wo;
+    int Ho, Wo;           /* Ho: rows computed by this launch (the band)          */
     int tiles_n;          /* ceil(Co / BN)                                       */
+    int y0;               /* output row band: rows y0 .. y0+Ho of the full image  */
+    int ys;               /* first conv-input row stored in x (band packing)      */
+    size_t out_plane;     /* elements per output channel plane (Hfull * Wo)      */
     int out_vec;          /* Ho*Wo % 8 == 0 and out 16-byte aligned: 16-byte stores */
 };
 
@@ -87,9 +90,10 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
         bool c_ok = c < p.Ci;
 #pragma unroll
         for (int i = 0; i < C::A_ROWS; i++) {
-            int yi = (a_yx[i] >> 16) + ld_ky - p.pad, xi = (a_yx[i] & 0xffff) + ld_kx - p.pad;
+            int yi = (a_yx[i] >> 16) + p.y0 + ld_ky - p.pad, xi = (a_yx[i] & 0xffff) + ld_kx - p.pad;
             bool v = c_ok && (unsigned)yi < (unsigned)p.H && (unsigned)xi < (unsigned)p.W;
-            const bf16 *src = v ? p.x + ((size_t)(a_img[i] + (yi >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
+            const bf16 *src =
+                v ? p.x + ((size_t)(a_img[i] + ((yi - p.ys) >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
             cp_async16(As + (r0 + i * C::RSTEP) * C::LDS + q * 8, src, v);
         }
 #pragma unroll
@@ -175,7 +179,7 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
         const bf16 *src = Cs + n * C::LDC + mc;
         if (p.out_vec) { /* M and HoWo are multiples of 8: the 8 pixels exist and share an image */
             int b = m / HoWo;
-            size_t o = ((size_t)b * p.Co + co) * HoWo + (m - b * HoWo);
+            size_t o = ((size_t)b * p.Co + co) * p.out_plane + (size_t)p.y0 * p.Wo + (m - b * HoWo);
             uint4 v = *reinterpret_cast<const uint4 *>(src);
             if (p.res) {
                 float a[8], r[8];
@@ -190,7 +194,7 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
         } else {
             for (int j = 0; j < 8 && m + j < p.M; j++) {
                 int b = (m + j) / HoWo;
-                size_t o = ((size_t)b * p.Co + co) * HoWo + (m + j - b * HoWo);
+                size_t o = ((size_t)b * p.Co + co) * p.out_plane + (size_t)p.y0 * p.Wo + (m + j - b * HoWo);
                 p.out[o] = p.res ? f2b(b2f(src[j]) + b2f(p.res[o])) : src[j];
             }
         }
@@ -231,19 +235,21 @@ static size_t conv_tile_smem(int tile) {
     return 0;
 }
 
-extern "C" cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, const void *res,
-                                            int B, int Ci, int H, int W, int Co, int k, int pad, int up, int tile,
-                                            cudaStream_t stream) {
+extern "C" cudaError_t zi_conv2d_igemm_band_cuda(void *out, const void *x, const void *w, const void *bias,
+                                                 const void *res, int B, int Ci, int H, int W, int Co, int k, int pad,
+                                                 int up, int y0, int ny, int ys, int tile, cudaStream_t stream) {
     int Hc = up ? 2 * H : H, Wc = up ? 2 * W : W; /* the conv's input size */
-    int Ho = Hc + 2 * pad - k + 1, Wo = Wc + 2 * pad - k + 1;
-    if (B <= 0 || Co <= 0 || Ho <= 0 || Wo <= 0) return cudaSuccess;
+    int Hof = Hc + 2 * pad - k + 1, Wo = Wc + 2 * pad - k + 1, Ho = ny;
+    if (B <= 0 || Co <= 0 || Hof <= 0 || Wo <= 0 || ny <= 0) return cudaSuccess;
+    if (y0 < 0 || y0 + ny > Hof || ys < 0 || (up && ys) || (B > 1 && (y0 || ny != Hof))) return cudaErrorInvalidValue;
     if (Ci <= 0 || Ci % 8 || !is_aligned16(x) || !is_aligned16(w) || k <= 0 || pad < 0) return cudaErrorInvalidValue;
     if ((size_t)B * Ho * Wo > 0x7fffffffu - 512 || (size_t)B * H * W > 0x7fffffffu ||
         (size_t)Co * k * k * Ci > 0x7fffffffu || Hc + pad >= 0x7ff0 || Wc + pad >= 0x7ff0)
         return cudaErrorInvalidValue;
     ConvArgs p = {(bf16 *)out, (const bf16 *)x, (const bf16 *)w, (const bf16 *)bias, (const bf16 *)res, B * Ho * Wo,
-                  Ci, Co, k, pad, up ? 1 : 0, Hc, Wc, H, W, Ho, Wo, 0,
-                  (Ho * Wo) % 8 == 0 && is_aligned16(out) && (!res || is_aligned16(res))};
+                  Ci, Co, k, pad, up ? 1 : 0, Hc, Wc, H, W, Ho, Wo, 0, y0, ys, (size_t)Hof * Wo,
+                  (Ho * Wo) % 8 == 0 && ((size_t)y0 * Wo) % 8 == 0 && ((size_t)Hof * Wo) % 8 == 0 && is_aligned16(out) &&
+                      (!res || is_aligned16(res))};
     if (tile <= 0) tile = Co <= 32 ? 6 : Ci < 64 ? 1 : 4;
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
@@ -257,6 +263,13 @@ extern "C" cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void
 #undef X
     }
     return cudaErrorInvalidValue;
+}
+
+extern "C" cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, const void *res,
+                                            int B, int Ci, int H, int W, int Co, int k, int pad, int up, int tile,
+                                            cudaStream_t stream) {
+    int Hof = (up ? 2 * H : H) + 2 * pad - k + 1;
+    return zi_conv2d_igemm_band_cuda(out, x, w, bias, res, B, Ci, H, W, Co, k, pad, up, 0, Hof, 0, tile, stream);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -283,14 +296,14 @@ struct PackNorm {
    pixels of image blockIdx.z; lane (cq = lane % 4, pq = lane / 4): an 8x8 block of 8 channels x 8 pixels,
    read as 8 rows of 16 bytes (a warp reads 128 contiguous bytes per channel), transposed in registers,
    written as 8 pixels of 16 bytes (a warp writes 64 contiguous bytes per pixel). */
-__global__ void conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW, PackNorm f) {
+__global__ void conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW, size_t plane, PackNorm f) {
     int b = blockIdx.z, c = blockIdx.y * 32 + (threadIdx.x % 4) * 8;
     int p = (blockIdx.x * 64 + threadIdx.x / 4) * 8;
     if (p >= HW) return;
     float v[8][8]; /* [channel][pixel] */
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-        ld8(v[j], in + ((size_t)b * C + c + j) * HW + p);
+        ld8(v[j], in + ((size_t)b * C + c + j) * plane + p);
 #pragma unroll
         for (int i = 0; i < 8; i++) v[j][i] = f(v[j][i], b, c + j);
     }
@@ -304,27 +317,30 @@ __global__ void conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, in
 }
 
 /* any shape: one output element per thread step */
-__global__ void conv_pack_input_kernel(bf16 *nhwc, const bf16 *in, int B, int C, int HW, PackNorm f) {
+__global__ void conv_pack_input_kernel(bf16 *nhwc, const bf16 *in, int B, int C, int HW, size_t plane, PackNorm f) {
     size_t n = (size_t)B * C * HW;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         int c = (int)(i % C);
         size_t bp = i / C;
         int b = (int)(bp / HW), pix = (int)(bp % HW);
-        nhwc[i] = f2b(f(b2f(in[((size_t)b * C + c) * HW + pix]), b, c));
+        nhwc[i] = f2b(f(b2f(in[((size_t)b * C + c) * plane + pix]), b, c));
     }
 }
 
-extern "C" cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B, int C, int HW, const float *stats,
-                                               int G, const void *gamma, const void *beta, int silu, cudaStream_t stream) {
+extern "C" cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B, int C, int HW, size_t plane,
+                                               const float *stats, int G, const void *gamma, const void *beta, int silu,
+                                               cudaStream_t stream) {
     if (B <= 0 || C <= 0 || HW <= 0) return cudaSuccess;
+    if (plane < (size_t)HW) return cudaErrorInvalidValue;
     if (stats && (G <= 0 || C % G)) return cudaErrorInvalidValue;
     PackNorm f = {(const float2 *)stats, (const bf16 *)gamma, (const bf16 *)beta, stats ? G : 1, stats ? C / G : C, silu};
-    if (C % 32 == 0 && HW % 8 == 0 && is_aligned16(in) && is_aligned16(nhwc) && B <= 65535 && C / 32 <= 65535) {
+    if (C % 32 == 0 && HW % 8 == 0 && plane % 8 == 0 && is_aligned16(in) && is_aligned16(nhwc) && B <= 65535 &&
+        C / 32 <= 65535) {
         dim3 grid((unsigned)((HW + 511) / 512), (unsigned)(C / 32), (unsigned)B);
-        conv_pack_input_vec_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, f);
+        conv_pack_input_vec_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, plane, f);
     } else {
         conv_pack_input_kernel<<<grid_for((size_t)B * C * HW, 256), 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B,
-                                                                                       C, HW, f);
+                                                                                       C, HW, plane, f);
     }
     return cudaGetLastError();
 }

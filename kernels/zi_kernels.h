@@ -64,10 +64,16 @@ cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int 
    tile: 0 = chosen by the shape, else a block tile configuration of conv.cu's CONV_CFG_LIST */
 cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, const void *res, int B,
                                  int Ci, int H, int W, int Co, int k, int pad, int up, int tile, cudaStream_t stream);
-/* nhwc[B,HW,C] = in[B,C,HW], or with stats (device float2 [B*G] (mean, rstd) from zi_groupnorm_stats_cuda)
-   (in - mean) * rstd (* gamma[C]) (+ beta[C]) (then SiLU if silu), rounded to bf16 once */
-cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B, int C, int HW, const float *stats, int G,
-                                    const void *gamma, const void *beta, int silu, cudaStream_t stream);
+/* the same for output rows y0 .. y0+ny of the full image (B = 1 unless the band is the whole image), with x
+   holding conv-input rows ys .. (every row the band reads); the output and res are the full [B, Co, Ho, Wo]
+   tensors. Not with up unless ys = 0 */
+cudaError_t zi_conv2d_igemm_band_cuda(void *out, const void *x, const void *w, const void *bias, const void *res, int B,
+                                      int Ci, int H, int W, int Co, int k, int pad, int up, int y0, int ny, int ys,
+                                      int tile, cudaStream_t stream);
+/* nhwc[B,HW,C] = in[B,C,plane][:, :, :HW] (plane >= HW: a band of rows of a larger image), or with stats
+   (device float2 [B*G] (mean, rstd) from zi_groupnorm_stats_cuda) (in - mean) * rstd (* gamma[C]) (+ beta[C]) (then SiLU if silu), rounded to bf16 once */
+cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B, int C, int HW, size_t plane, const float *stats,
+                                    int G, const void *gamma, const void *beta, int silu, cudaStream_t stream);
 /* wp[Co, kk, Ci] = w[Co, Ci, kk] (kk = k*k taps) */
 cudaError_t zi_conv_pack_weight_cuda(void *wp, const void *w, int Co, int Ci, int kk, cudaStream_t stream);
 /* float2 slots of the partials scratch zi_groupnorm_stats_cuda needs (host function) */

@@ -69,7 +69,7 @@ static zi_status run(ZiBackend *be, const Case *c, void **buf) {
                                              pad, 32, 1e-6f, 1);
         if (c->e == CONV_UP) return be->ops->upsample_conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, Ci, H / 2, H / 2, Co, k, pad);
         if (c->e == CONV_PACK) {
-            cudaError_t e = zi_conv_pack_input_cuda(buf[0], buf[1], 1, Ci, H * H, NULL, 1, NULL, NULL, 0, 0);
+            cudaError_t e = zi_conv_pack_input_cuda(buf[0], buf[1], 1, Ci, H * H, (size_t)H * H, NULL, 1, NULL, NULL, 0, 0);
             if (e == cudaSuccess) e = cudaDeviceSynchronize();
             return e == cudaSuccess ? ZI_OK : zi_fail(ZI_ERR_CUDA, "pack: %s", cudaGetErrorString(e));
         }

@@ -1012,6 +1012,7 @@ int main(int argc, char **argv) {
     T t = {.rng = 0x9E3779B97F4A7C15ULL};
     g_filter = argc > 1 ? argv[1] : NULL;
     setenv("ZIMAGE_ATTN_SCRATCH_MB", "1", 0); /* small score chunks, so the HD > 128 path really chunks */
+    setenv("ZIMAGE_CONV_SCRATCH_MB", "1", 0); /* conv inputs over 1 MiB packed in row bands              */
     if (zi_cuda_device_count() <= 0) {
         printf("SKIP: no CUDA device (%s)\n", zi_last_error());
         return 77;
@@ -1140,6 +1141,9 @@ int main(int argc, char **argv) {
     test_conv2d(&t, 2, 256, 7, 13, 128, 1, 0, 1, 1, NULL, 0);     /* 1x1 auto: cuBLASLt                 */
     test_conv2d(&t, 1, 128, 12, 12, 128, 3, 1, 1, 1000, NULL, 0); /* large magnitude                    */
     test_conv2d(&t, 1, 128, 64, 48, 256, 3, 1, 1, 1, NULL, 0);    /* many M tiles                       */
+    test_conv2d(&t, 1, 256, 60, 40, 64, 3, 1, 1, 1, NULL, 0);     /* 2 row bands (1 MiB packing cap)    */
+    test_conv2d(&t, 1, 256, 60, 40, 32, 3, 0, 1, 1, NULL, 0);     /* row bands without padding          */
+    test_conv2d(&t, 1, 256, 5, 2100, 16, 3, 1, 1, 1, NULL, 0);    /* one output row per band            */
     static const int tiles[] = {1, 4, 5, 6, 7, 8};                /* every tile configuration           */
     for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; i++) {
         test_conv2d(&t, 2, 64, 20, 24, 256, 3, 1, 1, 1, NULL, tiles[i]);
@@ -1149,7 +1153,8 @@ int main(int argc, char **argv) {
     test_upsample_conv2d(&t, 1, 24, 5, 4, 3, 3, 1, NULL);         /* Co = 3, upsampled                  */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 0, NULL);    /* vector packing        */
     test_groupnorm_conv2d(&t, 1, 32, 7, 13, 16, 3, 1, 8, 0, -2, 2, 0, NULL);      /* scalar packing        */
-    test_groupnorm_conv2d(&t, 1, 128, 96, 96, 32, 3, 1, 32, 1, -1, 1, 0, NULL);   /* 5 chunks per group    */
+    test_groupnorm_conv2d(&t, 1, 128, 96, 96, 32, 3, 1, 32, 1, -1, 1, 0, NULL);   /* 5 chunks per group, bands */
+    test_groupnorm_conv2d(&t, 1, 128, 96, 96, 64, 3, 1, 32, 1, -1, 1, 2, NULL);   /* bands, residual in place */
     test_groupnorm_conv2d(&t, 1, 128, 16, 16, 3, 3, 1, 32, 1, 9, 11, 0, NULL);    /* mean >> std, Co = 3   */
     test_groupnorm_conv2d(&t, 2, 128, 7, 13, 3, 3, 1, 32, 1, -1, 1, 1, NULL);     /* Co = 3 tile + res     */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 0, "im2col");
