@@ -322,34 +322,23 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-static PyObject *Model_to(ModelObject *self, PyObject *arg) {
+/* fn(model, device) with the GIL released under the model's lock: .to(device) and, for the text
+   encoder and the VAE, enable_offload(device) (weights to host memory, run on device) */
+static PyObject *model_device_call(ModelObject *self, PyObject *arg, zi_status (*fn)(void *, int)) {
     int device = PyLong_AsLong(arg);
     if (device == -1 && PyErr_Occurred()) return NULL;
     if (!model_ready(self)) return NULL;
     zi_status st;
     ACQUIRE_LOCK(self->lock);
     Py_BEGIN_ALLOW_THREADS
-    st = self->kind->to_device(self->model, device);
+    st = fn(self->model, device);
     Py_END_ALLOW_THREADS
     RELEASE_LOCK(self->lock);
     if (st != ZI_OK) return zi_raise(self->module, st);
     Py_RETURN_NONE;
 }
 
-/* enable_offload(device: int) of the text encoder and the VAE: weights to host memory, run on device */
-static PyObject *model_enable_offload(ModelObject *self, PyObject *arg, zi_status (*enable)(void *, int)) {
-    int device = PyLong_AsLong(arg);
-    if (device == -1 && PyErr_Occurred()) return NULL;
-    if (!model_ready(self)) return NULL;
-    zi_status st;
-    ACQUIRE_LOCK(self->lock);
-    Py_BEGIN_ALLOW_THREADS
-    st = enable(self->model, device);
-    Py_END_ALLOW_THREADS
-    RELEASE_LOCK(self->lock);
-    if (st != ZI_OK) return zi_raise(self->module, st);
-    Py_RETURN_NONE;
-}
+static PyObject *Model_to(ModelObject *self, PyObject *arg) { return model_device_call(self, arg, self->kind->to_device); }
 
 static PyObject *Model_get_config(ModelObject *self, void *closure) {
     return model_ready(self) ? self->kind->config(self->model) : NULL;
@@ -1001,7 +990,7 @@ static PyObject *TextEncoder_new(PyTypeObject *type, PyObject *args, PyObject *k
 
 static zi_status te_offload_fn(void *m, int device) { return te_enable_offload(m, device); }
 static PyObject *TextEncoder_enable_offload(TextEncoderObject *self, PyObject *arg) {
-    return model_enable_offload(self, arg, te_offload_fn);
+    return model_device_call(self, arg, te_offload_fn);
 }
 
 static PyObject *TextEncoder_get_offloaded(TextEncoderObject *self, void *closure) {
@@ -1290,7 +1279,7 @@ MODEL_KIND(vae, VaeModel, "Vae", vae_config_dict);
 static PyObject *Vae_new(PyTypeObject *type, PyObject *args, PyObject *kw) { return model_new(type, &vae_kind); }
 
 static zi_status vae_offload_fn(void *m, int device) { return vae_enable_offload(m, device); }
-static PyObject *Vae_enable_offload(VaeObject *self, PyObject *arg) { return model_enable_offload(self, arg, vae_offload_fn); }
+static PyObject *Vae_enable_offload(VaeObject *self, PyObject *arg) { return model_device_call(self, arg, vae_offload_fn); }
 
 static PyObject *Vae_get_offloaded(VaeObject *self, void *closure) {
     return model_ready(self) ? PyBool_FromLong(vae_offloaded(self->model)) : NULL;
