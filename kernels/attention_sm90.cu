@@ -438,11 +438,13 @@ __global__ void sm90a_probe_kernel(int *flag) {
 
 /* 1 when device dev can run attention_sm90_kernel: compute capability 9.x, enough shared memory, the
    loaded code is sm_90a (probe), the tensor-map encoder exists. Probed once per device (a synchronous
-   copy; skipped, without caching, while `stream` is being captured into a graph). */
+   copy; skipped, without caching, while `stream` is being captured into a graph). The per-process caches
+   here are read and written atomically: threads racing on a first call probe twice and agree. */
 static int sm90_ready(int dev, cudaStream_t stream) {
     static int state[A90_MAX_DEVICES]; /* 0 unknown, 1 ready, 2 not */
     if (dev < 0 || dev >= A90_MAX_DEVICES) return 0;
-    if (state[dev]) return state[dev] == 1;
+    int known = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
+    if (known) return known == 1;
     cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) return 0;
     int major = 0, optin = 0, ok = 0;
@@ -460,23 +462,24 @@ static int sm90_ready(int dev, cudaStream_t stream) {
                                       A90_SMEM_BYTES) == cudaSuccess;
     }
     (void)cudaGetLastError(); /* a failed probe is an answer, not an error of the caller's op */
-    state[dev] = ok ? 1 : 2;
+    __atomic_store_n(&state[dev], ok ? 1 : 2, __ATOMIC_RELEASE);
     return ok;
 }
 
 static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(void) {
-    static PFN_cuTensorMapEncodeTiled_v12000 fn;
+    static void *fn;
     static int tried;
-    if (!tried) {
+    if (!__atomic_load_n(&tried, __ATOMIC_ACQUIRE)) {
         void *p = NULL;
         cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) == cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess)
+            p = NULL;
         (void)cudaGetLastError();
-        tried = 1;
+        __atomic_store_n(&fn, p, __ATOMIC_RELAXED);
+        __atomic_store_n(&tried, 1, __ATOMIC_RELEASE);
     }
-    return fn;
+    return (PFN_cuTensorMapEncodeTiled_v12000)__atomic_load_n(&fn, __ATOMIC_RELAXED);
 }
 
 /* map over a row-major [rows][cols] bf16 matrix, boxes of 64 columns (128 bytes) x box_rows rows with the
@@ -493,11 +496,13 @@ static bool encode_map(PFN_cuTensorMapEncodeTiled_v12000 enc, CUtensorMap *map, 
 extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH,
                                               int NKV, int HD, int causal, float scale, cudaStream_t stream,
                                               int *taken) {
-    static int disabled = -1;
+    static int disabled_cache = -1;
     *taken = 0;
+    int disabled = __atomic_load_n(&disabled_cache, __ATOMIC_RELAXED);
     if (disabled < 0) {
         const char *e = getenv("ZIMAGE_ATTN_SM90");
         disabled = e && e[0] == '0';
+        __atomic_store_n(&disabled_cache, disabled, __ATOMIC_RELAXED);
     }
     if (disabled || HD != A90_HD || S <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || !(scale > 0.0f))
         return cudaSuccess;
