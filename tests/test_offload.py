@@ -168,7 +168,7 @@ def test_offload_device_arguments():
 def test_offload_without_gpu_raises_like_diffusers(tiny_pipeline):
     _, _, folder = tiny_pipeline
     pipe = zimage.ZImagePipeline.from_pretrained(folder)
-    with pytest.raises(RuntimeError, match="`enable_model_cpu_offload` requires accelerator, but not found"):
+    with pytest.raises(zimage.ZImageError, match="`enable_model_cpu_offload` requires accelerator, but not found"):
         pipe.enable_model_cpu_offload()
     with pytest.warns(UserWarning, match="transformer"):
         with pytest.raises(RuntimeError, match="`enable_sequential_cpu_offload` requires accelerator"):

@@ -70,7 +70,8 @@ def offload_device(name, gpu_id, device, previous):
         raise ValueError(f"gpu_id must be a non-negative int, got {gpu_id!r}")
     if device is None:
         if _zimage.cuda_device_count() == 0:
-            raise RuntimeError(f"`{name}` requires accelerator, but not found")
+            # diffusers' message; ZImageError is a RuntimeError, as diffusers raises
+            raise _zimage.ZImageError(f"`{name}` requires accelerator, but not found")
         device = "cuda"
     if isinstance(device, int) and not isinstance(device, bool):
         index = device  # torch.device(0) is cuda:0
