@@ -138,15 +138,20 @@ static zi_status cpu_attention(ZiBackend *be, void *out, const void *q, const vo
     return st;
 }
 
+/* 1 / sqrt(mean(x^2) + eps) of one row, the sum in double */
+static float rms_inv(const float *x, int D, float eps) {
+    double ss = 0.0;
+    for (int d = 0; d < D; d++) ss += (double)x[d] * x[d];
+    return 1.0f / sqrtf((float)(ss / D) + eps);
+}
+
 static zi_status cpu_rmsnorm(ZiBackend *be, void *out, const void *in, const void *w, int M, int D, float eps) {
     (void)be;
 #pragma omp parallel for if ((long)M * D > 1 << 16)
     for (int m = 0; m < M; m++) {
         const float *x = CF(in) + (size_t)m * D;
         float *y = F(out) + (size_t)m * D;
-        double ss = 0.0;
-        for (int d = 0; d < D; d++) ss += (double)x[d] * x[d];
-        float r = 1.0f / sqrtf((float)(ss / D) + eps);
+        float r = rms_inv(x, D, eps);
         for (int d = 0; d < D; d++) y[d] = x[d] * r * (w ? CF(w)[d] : 1.0f);
     }
     return ZI_OK;
@@ -281,9 +286,7 @@ static zi_status cpu_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, co
     for (int m = 0; m < M; m++) {
         const float *yr = CF(y) + (size_t)m * D;
         float *xr = F(x) + (size_t)m * D;
-        double ss = 0.0;
-        for (int d = 0; d < D; d++) ss += (double)yr[d] * yr[d];
-        float r = 1.0f / sqrtf((float)(ss / D) + eps);
+        float r = rms_inv(yr, D, eps);
         for (int d = 0; d < D; d++) {
             float t = yr[d] * r * (w ? CF(w)[d] : 1.0f); /* cpu_rmsnorm's expression, then cpu_add_gated's */
             xr[d] += (g ? CF(g)[d] : 1.0f) * t;

@@ -973,7 +973,7 @@ static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void 
     size_t sb = pre->norm ? align256((size_t)B * pre->G * 8) : 0;
     /* one image without upsampling packs at most conv_bytes of input: bands of output rows, each with
        the input rows it reads (pad above and k - 1 - pad below); otherwise the whole input */
-    int Ho = H + 2 * pad - k + 1, band = Ho;
+    int Ho = (pre->up ? 2 * H : H) + 2 * pad - k + 1, band = Ho;
     size_t row_bytes = (size_t)W * Ci * 2;
     if (B == 1 && !pre->up && Ho > 0 && (size_t)H * row_bytes > cu->conv_bytes) {
         size_t rows = cu->conv_bytes / row_bytes;
