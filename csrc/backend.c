@@ -181,60 +181,60 @@ void zi_prefetch(const void *data, size_t bytes) {
     posix_madvise((void *)first, (uintptr_t)data + bytes - first, POSIX_MADV_WILLNEED);
 }
 
-zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
+zi_status zi_weights_fill(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void *block,
+                          int host) {
     zi_status st = ZI_OK;
-    void *mem = NULL;
-    *block = NULL;
-    ZI_TRY(zi_weights_check(ar, wl, prefix));
-    ZI_TRY(be->ops->alloc(be, &mem, wl->total * be->weight_size));
     size_t off = 0, ahead = 0; /* bytes asked ahead and not yet read */
     int next = 0;              /* specs [0, next) asked for */
     for (int i = 0; i < wl->n; i++) {
         ZiWeightSpec *s = &wl->specs[i];
         const StTensor *t = zi_weights_find(ar, s, prefix);
+        if (!t) return zi_fail(ZI_ERR_FORMAT, "checkpoint: missing tensor '%s'", s->name);
         for (; next < wl->n && (next <= i || ahead < ZI_PREFETCH_BYTES); next++) {
             const StTensor *u = zi_weights_find(ar, &wl->specs[next], prefix);
+            if (!u) break;
             zi_prefetch(u->data, u->nbytes);
             ahead += u->nbytes;
         }
-        ahead -= t->nbytes;
-        void *dst = zi_wt(be, mem, off);
-        ZI_TRY(be->ops->upload_weight(be, dst, t->data, t->dtype, (size_t)t->numel));
+        ahead = ahead > t->nbytes ? ahead - t->nbytes : 0;
+        void *dst = zi_wt(be, block, off);
+        if (host) ZI_TRY(be->ops->weight_to_host(be, dst, t->data, t->dtype, (size_t)t->numel));
+        else ZI_TRY(be->ops->upload_weight(be, dst, t->data, t->dtype, (size_t)t->numel));
         *s->slot = dst;
         off += (size_t)t->numel;
     }
+fail:
+    return st;
+}
+
+/* check, allocate (on the backend, or in host memory), fill; on failure nothing is kept */
+static zi_status weights_load_into(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix,
+                                   void **block, int host) {
+    zi_status st = ZI_OK;
+    void *mem = NULL;
+    *block = NULL;
+    ZI_TRY(zi_weights_check(ar, wl, prefix));
+    if (host) ZI_TRY(be->ops->host_alloc(be, &mem, wl->total * be->weight_size));
+    else ZI_TRY(be->ops->alloc(be, &mem, wl->total * be->weight_size));
+    ZI_TRY(zi_weights_fill(be, ar, wl, prefix, mem, host));
     *block = mem;
     return ZI_OK;
 fail:
-    be->ops->free(be, mem);
+    if (host) be->ops->host_free(be, mem);
+    else be->ops->free(be, mem);
     for (int i = 0; i < wl->n; i++) *wl->specs[i].slot = NULL;
     return st;
+}
+
+zi_status zi_weights_load(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
+    return weights_load_into(be, ar, wl, prefix, block, 0);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* offload: weights in host memory, device memory accounting */
 
 zi_status zi_weights_load_host(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block) {
-    zi_status st = ZI_OK;
-    void *mem = NULL;
-    *block = NULL;
-    ZI_TRY(zi_weights_check(ar, wl, prefix));
-    ZI_TRY(be->ops->host_alloc(be, &mem, wl->total * be->weight_size));
-    size_t off = 0;
-    for (int i = 0; i < wl->n; i++) {
-        ZiWeightSpec *s = &wl->specs[i];
-        const StTensor *t = zi_weights_find(ar, s, prefix);
-        void *dst = zi_wt(be, mem, off);
-        ZI_TRY(be->ops->weight_to_host(be, dst, t->data, t->dtype, (size_t)t->numel));
-        *s->slot = dst;
-        off += (size_t)t->numel;
-    }
-    *block = mem;
-    return ZI_OK;
-fail:
-    be->ops->host_free(be, mem);
-    for (int i = 0; i < wl->n; i++) *wl->specs[i].slot = NULL;
-    return st;
+    return weights_load_into(be, ar, wl, prefix, block, 1);
 }
 
 void zi_weights_place(const ZiBackend *be, ZiWeightList *wl, void *block) {

@@ -239,6 +239,11 @@ void zi_weights_list_free(ZiWeightList *wl);
 void zi_prefetch(const void *data, size_t bytes);
 /* The checkpoint tensor of a spec (prefix + name first, then name), or NULL. */
 const StTensor *zi_weights_find(const StArchive *ar, const ZiWeightSpec *s, const char *prefix);
+/* Upload the specs' tensors back to back into block (backend memory, or host memory from ops->host_alloc
+   when host), pointing each slot at its copy; reads ahead of the copies on a cold checkpoint. The specs
+   must have been checked (zi_weights_check). */
+zi_status zi_weights_fill(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void *block,
+                          int host);
 /* zi_weights_load into host memory (ops->host_alloc, ops->weight_to_host): the same packing, so
    zi_weights_place can point the specs into a backend copy of the block. */
 zi_status zi_weights_load_host(ZiBackend *be, const StArchive *ar, ZiWeightList *wl, const char *prefix, void **block);

@@ -493,15 +493,7 @@ static zi_status te_fill_layer(TeModel *m, ZiBackend *be, TeLayer *l, int i, cha
     zi_status st = ZI_OK;
     ZiWeightList wl = {0};
     ZI_TRY(te_layer_specs(&m->cfg, l, i, &wl));
-    size_t off = 0;
-    for (int k = 0; k < wl.n; k++) {
-        const StTensor *t = zi_weights_find(&m->ar, &wl.specs[k], "model.");
-        void *p = dst + off * be->weight_size;
-        if (host) ZI_TRY(be->ops->weight_to_host(be, p, t->data, t->dtype, (size_t)t->numel));
-        else ZI_TRY(be->ops->upload_weight(be, p, t->data, t->dtype, (size_t)t->numel));
-        *wl.specs[k].slot = p;
-        off += (size_t)t->numel;
-    }
+    ZI_TRY(zi_weights_fill(be, &m->ar, &wl, "model.", dst, host));
 fail:
     zi_weights_list_free(&wl);
     return st;
