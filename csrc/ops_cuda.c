@@ -149,6 +149,24 @@ static cudaError_t set_device(ZiCuda *cu) {
     return cudaSetDevice(cu->device);
 }
 
+/* The scratch buffers and the staging buffers back to the device and the host (they regrow on use);
+   caller holds the lock and has waited for the stream */
+static void release_scratch(ZiCuda *cu) {
+    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
+        mem_track_remove(sc[i]->p);
+        cudaFree(sc[i]->p);
+        sc[i]->p = NULL;
+        sc[i]->n = 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        mem_track_remove(cu->dstage[i]);
+        cudaFree(cu->dstage[i]);
+        cudaFreeHost(cu->pinned[i]);
+        cu->dstage[i] = cu->pinned[i] = NULL;
+    }
+}
+
 /* grow a scratch buffer to at least `bytes` (old contents are not kept) */
 static zi_status scratch_reserve(ZiCuda *cu, Scratch *s, size_t bytes) {
     if (s->n >= bytes) return ZI_OK;
@@ -274,13 +292,9 @@ static void cuda_destroy(ZiCuda *cu) {
         cublasLtMatrixLayoutDestroy(cu->plans[i].lc);
         cublasLtMatmulDescDestroy(cu->plans[i].desc);
     }
-    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
-    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) cudaFree(sc[i]->p);
-    for (int i = 0; i < 2; i++) {
-        cudaFreeHost(cu->pinned[i]);
-        cudaFree(cu->dstage[i]);
+    release_scratch(cu);
+    for (int i = 0; i < 2; i++)
         if (cu->stage_ev[i]) cudaEventDestroy(cu->stage_ev[i]);
-    }
     cudaFree(cu->workspace);
     if (cu->lt) cublasLtDestroy(cu->lt);
     if (cu->stream) cudaStreamDestroy(cu->stream);
@@ -1406,19 +1420,7 @@ zi_status zi_cuda_empty_cache_impl(ZiBackend *be) {
     OP_BEGIN(be);
     pthread_mutex_lock(&cu->lock);
     cudaError_t e = cudaStreamSynchronize(cu->stream); /* staging copies may still be in flight */
-    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
-    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
-        mem_track_remove(sc[i]->p);
-        cudaFree(sc[i]->p);
-        sc[i]->p = NULL;
-        sc[i]->n = 0;
-    }
-    for (int i = 0; i < 2; i++) {
-        mem_track_remove(cu->dstage[i]);
-        cudaFree(cu->dstage[i]);
-        cudaFreeHost(cu->pinned[i]);
-        cu->dstage[i] = cu->pinned[i] = NULL;
-    }
+    release_scratch(cu);
     pthread_mutex_unlock(&cu->lock);
     if (e != cudaSuccess) CU_TRY(e);
     return ZI_OK;
