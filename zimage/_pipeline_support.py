@@ -90,6 +90,7 @@ def offload_device(name, gpu_id, device, previous):
         raise ValueError(f"You have passed both `gpu_id`={gpu_id} and an index as part of the passed device "
                          f"`device`={device}Cannot pass both. Please make sure to either not define `gpu_id` or not "
                          "pass the index as part of the device: `device`=cuda")
+    # diffusers' own `gpu_id or device.index or previous or 0` chain, kept as is (gpu_id=0 defers to the rest)
     return gpu_id or index or previous or 0
 
 
