@@ -49,13 +49,18 @@ struct DitModel {
         void *th;           /* [T] timestep MLP hidden                                    */
         void *c;            /* [A] adaln input                                            */
         void *cs_silu;      /* [A] silu(c) for the final layer                            */
-        void *mod;          /* [4D] modulation                                            */
-        void *scale_msa, *gate_msa, *scale_mlp, *gate_mlp; /* [D] each                    */
+        void *mods;         /* [NM, 4D] adaLN activations of the NM modulated blocks      */
+        void *mod;          /* [D] final-layer modulation                                 */
+        void *scale;        /* [D] final-layer 1 + scale                                  */
         float *cs;          /* [S, HD/2, 2] RoPE cos/sin, fp32 on every backend            */
     } t;
     float *cs_host;         /* [S, HD/2, 2] host staging for cs                           */
     int cs_key[4];          /* (Ft, Ht, Wt, Lp) the table in t.cs was built for            */
     int cs_valid;           /* t.cs holds that table (reset when the activations move)     */
+    /* replay (backends with graphs): the transformer recorded once per set of sizes and buffers */
+    void *graph;            /* the recorded dit_run, or NULL                              */
+    size_t graph_key[10];   /* sizes and buffers of the last run (DIT_GRAPH_KEY)          */
+    int graphs_off;         /* recording failed once: run eagerly from then on            */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -243,6 +248,13 @@ static void dit_rope_row(const DitModel *m, float *row, int p0, int p1, int p2) 
 /* ---------------------------------------------------------------------------------------- */
 /* activations: one allocation, carved by byte offsets (fp32 tables and backend elements) */
 
+/* Forget the recorded forward (its buffers are about to move, or the model goes away). */
+static void dit_drop_graph(DitModel *m) {
+    if (m->graph) m->be->ops->graph_free(m->be, m->graph);
+    m->graph = NULL;
+    memset(m->graph_key, 0, sizeof m->graph_key);
+}
+
 static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
     if (m->acts && S <= m->max_S && N <= m->max_N && L <= m->max_L && lat <= m->max_lat) return ZI_OK;
     zi_status st = ZI_OK;
@@ -255,18 +267,19 @@ static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
     size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, A = (size_t)c->adaln_dim;
     size_t P = (size_t)c->f_patch * c->patch * c->patch * c->in_channels, Cc = (size_t)c->cap_feat_dim;
     size_t e = be->act_size, GU = 2 * F > 3 * D ? 2 * F : 3 * D;
+    size_t NM = (size_t)c->n_refiner_layers + (size_t)c->n_layers; /* modulated blocks */
     struct { void **slot; size_t bytes; } spec[] = {
         {&m->t.x, S * D * e},     {&m->t.h, S * D * e},       {&m->t.q, S * D * e},
         {&m->t.k, S * D * e},     {&m->t.v, S * D * e},       {&m->t.o, S * D * e},
         {&m->t.a, S * D * e},     {&m->t.gu, S * GU * e},     {&m->t.g, S * F * e},
         {&m->t.lat, lat * e},     {&m->t.patches, N * P * e}, {&m->t.cap, L * Cc * e},
         {&m->t.capn, L * Cc * e}, {&m->t.tf, 256 * e},        {&m->t.th, (size_t)c->t_mid * e},
-        {&m->t.c, A * e},         {&m->t.cs_silu, A * e},     {&m->t.mod, 4 * D * e},
-        {&m->t.scale_msa, D * e}, {&m->t.gate_msa, D * e},    {&m->t.scale_mlp, D * e},
-        {&m->t.gate_mlp, D * e},  {(void **)&m->t.cs, S * (size_t)c->head_dim * sizeof(float)},
+        {&m->t.c, A * e},         {&m->t.cs_silu, A * e},     {&m->t.mods, NM * 4 * D * e},
+        {&m->t.mod, D * e},       {&m->t.scale, D * e},       {(void **)&m->t.cs, S * (size_t)c->head_dim * sizeof(float)},
     };
     size_t total = 0, n = sizeof spec / sizeof spec[0];
     for (size_t i = 0; i < n; i++) total += (spec[i].bytes + 255) & ~(size_t)255;
+    dit_drop_graph(m);
     be->ops->free(be, m->acts);
     m->acts = NULL;
     m->cs_valid = 0;
@@ -321,35 +334,73 @@ fail:
     return st;
 }
 
-/* ZImageTransformerBlock on x[S, D] in place; adaln_c [A] for modulated blocks, else NULL */
-static zi_status dit_block_forward(DitModel *m, const DitBlock *b, void *x, const float *cs, int S, const void *adaln_c) {
+/* adaLN modulation of the NM modulated blocks (noise_refiner, then layers) for the current timestep
+   embedding m->t.c: mods[i] = (1 + scale_msa, tanh(gate_msa), 1 + scale_mlp, tanh(gate_mlp)) [4D] */
+static zi_status dit_modulations(DitModel *m) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     const DitConfig *c = &m->cfg;
-    int D = c->dim, A = c->adaln_dim;
-    float eps = c->norm_eps;
-    if (adaln_c) {
-        ZI_TRY(op->matmul(be, m->t.mod, adaln_c, b->adaln_w, b->adaln_b, 1, A, 4 * D));  /* mod [4D]      */
-        ZI_TRY(op->one_plus(be, m->t.scale_msa, zi_act(be, m->t.mod, 0), D));         /* 1 + scale_msa */
-        ZI_TRY(op->tanh(be, m->t.gate_msa, zi_act(be, m->t.mod, D), D));              /* tanh(gate_msa) */
-        ZI_TRY(op->one_plus(be, m->t.scale_mlp, zi_act(be, m->t.mod, 2 * D), D));     /* 1 + scale_mlp */
-        ZI_TRY(op->tanh(be, m->t.gate_mlp, zi_act(be, m->t.mod, 3 * D), D));          /* tanh(gate_mlp) */
+    int D = c->dim, A = c->adaln_dim, R = c->n_refiner_layers, NM = R + c->n_layers;
+    for (int i = 0; i < NM; i++) {
+        const DitBlock *b = i < R ? &m->w.noise_refiner[i] : &m->w.layers[i - R];
+        ZI_TRY(op->matmul(be, zi_act(be, m->t.mods, (size_t)i * 4 * D), m->t.c, b->adaln_w, b->adaln_b, 1, A,
+                          4 * D));                                                    /* mods[i] [4D] */
     }
-    /* attention branch: x += gate_msa * norm2(attn(norm1(x) * scale_msa)) */
-    ZI_TRY(op->rmsnorm_scale(be, m->t.h, x, b->attention_norm1, adaln_c ? m->t.scale_msa : NULL, S, D, eps)); /* h [S, D] */
-    ZI_TRY(dit_attention(m, b, m->t.h, cs, S));                                       /* a [S, D]      */
-    ZI_TRY(op->rmsnorm_add_gated(be, x, m->t.a, b->attention_norm2, adaln_c ? m->t.gate_msa : NULL, S, D, eps)); /* x [S, D] */
-    /* FFN branch: x += gate_mlp * norm2(ffn(norm1(x) * scale_mlp)) */
-    ZI_TRY(op->rmsnorm_scale(be, m->t.h, x, b->ffn_norm1, adaln_c ? m->t.scale_mlp : NULL, S, D, eps)); /* h [S, D] */
-    ZI_TRY(dit_feed_forward(m, b, S));                                                /* a [S, D]      */
-    ZI_TRY(op->rmsnorm_add_gated(be, x, m->t.a, b->ffn_norm2, adaln_c ? m->t.gate_mlp : NULL, S, D, eps)); /* x [S, D] */
+    ZI_TRY(op->adaln_gates(be, m->t.mods, m->t.mods, NM, D));                        /* mods [NM, 4D] */
 fail:
     return st;
 }
 
-/* TimestepEmbedder: sinusoid(t * t_scale) (cos first) -> Linear -> SiLU -> Linear  => c [A] */
-static zi_status dit_timestep_embed(DitModel *m, float t) {
+/* The four [D] parts of a block's adaLN activations (all NULL for an unmodulated block). */
+typedef struct DitMod { const void *scale_msa, *gate_msa, *scale_mlp, *gate_mlp; } DitMod;
+
+static DitMod dit_mod(const DitModel *m, int i) {
+    DitMod r = {0};
+    if (i < 0) return r;
+    size_t D = (size_t)m->cfg.dim, o = (size_t)i * 4 * D;
+    r.scale_msa = zi_act(m->be, m->t.mods, o), r.gate_msa = zi_act(m->be, m->t.mods, o + D);
+    r.scale_mlp = zi_act(m->be, m->t.mods, o + 2 * D), r.gate_mlp = zi_act(m->be, m->t.mods, o + 3 * D);
+    return r;
+}
+
+/* A run of n ZImageTransformerBlocks on x[S, D] in place; block j is modulated by mods[mod0 + j]
+   (mod0 < 0: unmodulated). Each block:
+     x += gate_msa * attention_norm2(attn(attention_norm1(x) * scale_msa))
+     x += gate_mlp * ffn_norm2(ffn(ffn_norm1(x) * scale_mlp))
+   Every norm of x is fused into the residual add before it (rmsnorm_add_gated_scale), so
+   m->t.h holds the next branch's input when a branch ends. */
+static zi_status dit_blocks(DitModel *m, const DitBlock *blocks, int n, int mod0, void *x, const float *cs, int S) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    int D = m->cfg.dim;
+    float eps = m->cfg.norm_eps;
+    if (n <= 0) return ZI_OK;
+    DitMod md = dit_mod(m, mod0);
+    ZI_TRY(op->rmsnorm_scale(be, m->t.h, x, blocks[0].attention_norm1, md.scale_msa, S, D, eps)); /* h [S, D] */
+    for (int j = 0; j < n; j++) {
+        const DitBlock *b = &blocks[j];
+        md = dit_mod(m, mod0 < 0 ? -1 : mod0 + j);
+        ZI_TRY(dit_attention(m, b, m->t.h, cs, S));                                   /* a [S, D]      */
+        ZI_TRY(op->rmsnorm_add_gated_scale(be, x, m->t.h, m->t.a, b->attention_norm2, md.gate_msa, b->ffn_norm1,
+                                           md.scale_mlp, S, D, eps));                 /* x, h [S, D]   */
+        ZI_TRY(dit_feed_forward(m, b, S));                                            /* a [S, D]      */
+        if (j + 1 < n) {
+            DitMod next = dit_mod(m, mod0 < 0 ? -1 : mod0 + j + 1);
+            ZI_TRY(op->rmsnorm_add_gated_scale(be, x, m->t.h, m->t.a, b->ffn_norm2, md.gate_mlp,
+                                               blocks[j + 1].attention_norm1, next.scale_msa, S, D, eps)); /* x, h */
+        } else {
+            ZI_TRY(op->rmsnorm_add_gated(be, x, m->t.a, b->ffn_norm2, md.gate_mlp, S, D, eps)); /* x [S, D] */
+        }
+    }
+fail:
+    return st;
+}
+
+/* TimestepEmbedder's input: sinusoid(t * t_scale) (cos first) => m->t.tf [256], computed on the host
+   (the one per-step input of the recorded forward besides the latent) */
+static zi_status dit_timestep_sinusoid(DitModel *m, float t) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
@@ -364,6 +415,16 @@ static zi_status dit_timestep_embed(DitModel *m, float t) {
         freq[half + k] = sinf(tt * f);
     }
     ZI_TRY(op->upload(be, m->t.tf, freq, (size_t)c->t_freq));                          /* tf [256]    */
+fail:
+    return st;
+}
+
+/* TimestepEmbedder: tf [256] -> Linear -> SiLU -> Linear  => c [A] */
+static zi_status dit_timestep_embed(DitModel *m) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    const DitConfig *c = &m->cfg;
     ZI_TRY(op->matmul(be, m->t.th, m->t.tf, m->w.t_mlp0_w, m->w.t_mlp0_b, 1, c->t_freq, c->t_mid)); /* th [T] */
     ZI_TRY(op->silu(be, m->t.th, m->t.th, (size_t)c->t_mid));                         /* th [T]      */
     ZI_TRY(op->matmul(be, m->t.c, m->t.th, m->w.t_mlp2_w, m->w.t_mlp2_b, 1, c->t_mid, c->adaln_dim)); /* c [A] */
@@ -376,6 +437,7 @@ static zi_status dit_load_weights(DitModel *m, int device);
 /* Give the activations back (they are reallocated by the next forward). */
 void dit_release_acts(DitModel *m) {
     if (!m->be) return;
+    dit_drop_graph(m);
     m->be->ops->free(m->be, m->acts);
     m->acts = NULL;
     m->cs_valid = 0;
@@ -444,9 +506,10 @@ fail:
     return st;
 }
 
-/* The transformer on the latent in m->t.lat [C, Fr, H, W] (activation type) with caption
-   features cap [L, Cc] (activation type, on the backend); the output replaces m->t.lat. */
-static zi_status dit_run(DitModel *m, const DitDims *d, float t, const void *cap) {
+/* The transformer on the latent in m->t.lat [C, Fr, H, W] (activation type) at the timestep whose
+   sinusoid is in m->t.tf, with caption features cap [L, Cc] (activation type, on the backend); the
+   output replaces m->t.lat. Queues backend ops only (no host waits), so it can be recorded. */
+static zi_status dit_run(DitModel *m, const DitDims *d, const void *cap) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
@@ -460,36 +523,76 @@ static zi_status dit_run(DitModel *m, const DitDims *d, float t, const void *cap
     const float *cs_img = m->t.cs, *cs_txt = m->t.cs + (size_t)Np * HD;
 
     /* t_embedder */
-    ZI_TRY(dit_timestep_embed(m, t));                                              /* c [A]           */
+    ZI_TRY(dit_timestep_embed(m));                                                 /* c [A]           */
+    ZI_TRY(dit_modulations(m));                                                    /* mods [NM, 4D]   */
 
     /* image: patchify, x_embedder, pad token, noise_refiner */
     ZI_TRY(op->patchify(be, m->t.patches, m->t.lat, C, Fr, H, W, pF, pH, pW));     /* patches [N, P]  */
     ZI_TRY(op->matmul(be, img, m->t.patches, w->x_embed_w, w->x_embed_b, N, P, D)); /* img [N, D]     */
     if (Np > N) ZI_TRY(op->fill_rows(be, zi_act(be, img, (size_t)N * D), w->x_pad_token, Np - N, D)); /* img [Np, D] */
-    for (int i = 0; i < c->n_refiner_layers; i++)
-        ZI_TRY(dit_block_forward(m, &w->noise_refiner[i], img, cs_img, Np, m->t.c)); /* img [Np, D]   */
+    ZI_TRY(dit_blocks(m, w->noise_refiner, c->n_refiner_layers, 0, img, cs_img, Np)); /* img [Np, D]  */
 
     /* caption: cap_embedder (RMSNorm, Linear), pad token, context_refiner */
     ZI_TRY(op->rmsnorm(be, m->t.capn, cap, w->cap_norm, L, Cc, c->norm_eps));       /* capn [L, Cc]   */
     ZI_TRY(op->matmul(be, txt, m->t.capn, w->cap_w, w->cap_b, L, Cc, D));           /* txt [L, D]     */
     if (Lp > L) ZI_TRY(op->fill_rows(be, zi_act(be, txt, (size_t)L * D), w->cap_pad_token, Lp - L, D)); /* txt [Lp, D] */
-    for (int i = 0; i < c->n_refiner_layers; i++)
-        ZI_TRY(dit_block_forward(m, &w->context_refiner[i], txt, cs_txt, Lp, NULL)); /* txt [Lp, D]   */
+    ZI_TRY(dit_blocks(m, w->context_refiner, c->n_refiner_layers, -1, txt, cs_txt, Lp)); /* txt [Lp, D] */
 
     /* main layers over the unified [image ; caption] sequence */
-    for (int i = 0; i < c->n_layers; i++)
-        ZI_TRY(dit_block_forward(m, &w->layers[i], m->t.x, m->t.cs, S, m->t.c));  /* x [S, D]        */
+    ZI_TRY(dit_blocks(m, w->layers, c->n_layers, c->n_refiner_layers, m->t.x, m->t.cs, S)); /* x [S, D] */
 
     /* final layer on the N real image rows: LayerNorm * (1 + Linear(silu(c))), Linear */
     ZI_TRY(op->silu(be, m->t.cs_silu, m->t.c, (size_t)c->adaln_dim));              /* silu(c) [A]    */
     ZI_TRY(op->matmul(be, m->t.mod, m->t.cs_silu, w->final_adaln_w, w->final_adaln_b, 1, c->adaln_dim, D)); /* [D] */
-    ZI_TRY(op->one_plus(be, m->t.scale_msa, m->t.mod, (size_t)D));                 /* scale [D]      */
+    ZI_TRY(op->one_plus(be, m->t.scale, m->t.mod, (size_t)D));                     /* scale [D]      */
     ZI_TRY(op->layernorm(be, m->t.h, m->t.x, N, D, 1e-6f));                         /* h [N, D]       */
-    ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale_msa, N, D));                 /* h [N, D]       */
+    ZI_TRY(op->mul_rows(be, m->t.h, m->t.h, m->t.scale, N, D));                     /* h [N, D]       */
     ZI_TRY(op->matmul(be, m->t.patches, m->t.h, w->final_w, w->final_b, N, D, P));  /* out [N, P]     */
 
     /* unpatchify */
     ZI_TRY(op->unpatchify(be, m->t.lat, m->t.patches, C, Fr, H, W, pF, pH, pW));   /* lat [C, Fr, H, W] */
+fail:
+    return st;
+}
+
+/* dit_run on m->t.cap. On a backend with graphs, the first run with a set of sizes and buffers is eager
+   (it sizes the backend's plans and scratch), the second is recorded, and every later one replays the
+   recording: one launch instead of ~400. Any failure to record turns recording off for this model. */
+static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
+    zi_status st = ZI_OK;
+    ZiBackend *be = m->be;
+    const ZiOps *op = be->ops;
+    size_t key[10] = {(size_t)m->acts, (size_t)m->weights, (size_t)m->max_S, (size_t)m->max_N, (size_t)m->max_L,
+                      m->max_lat, (size_t)d->Fr, (size_t)d->H, (size_t)d->W, (size_t)d->L};
+    if (!op->capture_begin || m->graphs_off) return dit_run(m, d, m->t.cap);
+    if (memcmp(key, m->graph_key, sizeof key) != 0) { /* new sizes or buffers: warm up eagerly */
+        dit_drop_graph(m);
+        memcpy(m->graph_key, key, sizeof key);
+        return dit_run(m, d, m->t.cap);
+    }
+    if (m->graph) {
+        int ran = 0;
+        ZI_TRY(op->replay(be, m->graph, &ran));
+        if (ran) return ZI_OK;
+        op->graph_free(be, m->graph); /* the backend's scratch moved since: record again */
+        m->graph = NULL;
+    }
+    if (op->capture_begin(be) != ZI_OK) {
+        m->graphs_off = 1;
+        return dit_run(m, d, m->t.cap);
+    }
+    zi_status run_st = dit_run(m, d, m->t.cap); /* recorded, not run */
+    void *graph = NULL;
+    zi_status end_st = op->capture_end(be, &graph);
+    if (run_st != ZI_OK || end_st != ZI_OK) {
+        op->graph_free(be, graph);
+        m->graphs_off = 1;
+        return dit_run(m, d, m->t.cap); /* eagerly, reporting a real failure as it happens */
+    }
+    m->graph = graph;
+    int ran = 0;
+    ZI_TRY(op->replay(be, m->graph, &ran));
+    if (!ran) ZI_TRY(dit_run(m, d, m->t.cap));
 fail:
     return st;
 }
@@ -501,7 +604,9 @@ zi_status dit_forward_dev(DitModel *m, float *out, const float *latent, int Fr, 
     ZI_TRY(dit_prepare(m, &d, Fr, H, W, L));
     ZiBackend *be = m->be;
     ZI_TRY(be->ops->to_act(be, m->t.lat, latent, d.lat));                          /* lat [C, Fr, H, W] */
-    ZI_TRY(dit_run(m, &d, t, cap));                                                /* lat: the output */
+    ZI_TRY(be->ops->copy(be, m->t.cap, cap, (size_t)L * m->cfg.cap_feat_dim));     /* cap [L, Cc]     */
+    ZI_TRY(dit_timestep_sinusoid(m, t));                                           /* tf [256]        */
+    ZI_TRY(dit_run_replayed(m, &d));                                               /* lat: the output */
     ZI_TRY(be->ops->to_f32(be, out, m->t.lat, d.lat));                             /* out [C, Fr, H, W] f32 */
 fail:
     return st;
@@ -515,7 +620,8 @@ zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int 
     ZiBackend *be = m->be;
     ZI_TRY(be->ops->upload(be, m->t.lat, latent, d.lat));                         /* lat [C, Fr, H, W] */
     ZI_TRY(be->ops->upload(be, m->t.cap, cap, (size_t)L * m->cfg.cap_feat_dim));  /* cap [L, Cc]     */
-    ZI_TRY(dit_run(m, &d, t, m->t.cap));                                           /* lat: the output */
+    ZI_TRY(dit_timestep_sinusoid(m, t));                                           /* tf [256]        */
+    ZI_TRY(dit_run(m, &d, m->t.cap));                                              /* lat: the output */
     ZI_TRY(be->ops->download(be, out, m->t.lat, d.lat));
 fail:
     return st;
@@ -552,6 +658,7 @@ static zi_status dit_load_weights(DitModel *m, int device) {
     }
     /* success: release the old device's buffers, adopt the new ones */
     if (m->be) {
+        dit_drop_graph(m);
         m->be->ops->free(m->be, m->weights);
         m->be->ops->free(m->be, m->acts);
     }
@@ -614,6 +721,7 @@ int dit_device(const DitModel *m) { return m->be ? m->be->device : -1; }
 void dit_free(DitModel *m) {
     if (!m) return;
     if (m->be) {
+        dit_drop_graph(m);
         m->be->ops->free(m->be, m->weights);
         m->be->ops->free(m->be, m->acts);
     }

@@ -53,6 +53,10 @@ typedef struct ZiOps {
     /* fused (DiT block output): x[M,D] += g[D] * rmsnorm(y) * w[D]; g NULL: x += rmsnorm(y) * w */
     zi_status (*rmsnorm_add_gated)(ZiBackend *be, void *x, const void *y, const void *w, const void *g, int M, int D,
                                    float eps);
+    /* fused (between two DiT branches): rmsnorm_add_gated(x, y, w, g) then rmsnorm_scale(h, x, wn, s), the
+       updated x read back as stored; one pass over the rows. g or s NULL as in those ops */
+    zi_status (*rmsnorm_add_gated_scale)(ZiBackend *be, void *x, void *h, const void *y, const void *w, const void *g,
+                                         const void *wn, const void *s, int M, int D, float eps);
 
     /* ---- elementwise ---- */
     zi_status (*add)(ZiBackend *be, void *out, const void *a, const void *b, size_t n);      /* out = a + b     */
@@ -64,6 +68,10 @@ typedef struct ZiOps {
     zi_status (*swiglu)(ZiBackend *be, void *out, const void *gate, const void *up, size_t n);
     /* out[M,F] = silu(gu[M, 0:F]) * gu[M, F:2F] (output of a merged gate/up projection) */
     zi_status (*swiglu_pair)(ZiBackend *be, void *out, const void *gu, int M, int F);
+    /* DiT adaLN activations, per row r < R of mod[R, 4D]: out[r] = (1 + mod[r, 0:D], tanh(mod[r, D:2D]),
+       1 + mod[r, 2D:3D], tanh(mod[r, 3D:4D])) = (scale_msa, gate_msa, scale_mlp, gate_mlp) as one_plus and
+       tanh compute them; out may alias mod */
+    zi_status (*adaln_gates)(ZiBackend *be, void *out, const void *mod, int R, int D);
     /* out[M,D] = in[M,D] * s[D] (row broadcast) */
     zi_status (*mul_rows)(ZiBackend *be, void *out, const void *in, const void *s, int M, int D);
     /* x[M,D] += g[D] * y[M,D]; g NULL means x += y */
@@ -167,6 +175,18 @@ typedef struct ZiOps {
     zi_status (*queue_acquire)(ZiBackend *be, void *queue, int slot);
     /* the compute ops queued so far are slot's last readers: its next copy waits for them */
     zi_status (*queue_release)(ZiBackend *be, void *queue, int slot);
+
+    /* ---- replay (CUDA graphs; NULL on backends without them) ---- */
+    /* Record instead of run: the ops queued from capture_begin to capture_end are not executed but kept in
+       *graph, to be run by replay with the same arguments (same buffers, sizes and scalars). capture_begin
+       fails (ZI_ERR_STATE) where recording is off (ZIMAGE_GRAPHS=0, ZIMAGE_PROFILE, ZIMAGE_SYNC); after a
+       failed op capture_end must still be called: it then returns an error and no graph. */
+    zi_status (*capture_begin)(ZiBackend *be);
+    zi_status (*capture_end)(ZiBackend *be, void **graph);
+    /* queue the recorded ops; *ran = 0 (nothing queued) when the backend has since moved a buffer the
+       recording may use (its scratch), so the caller records again */
+    zi_status (*replay)(ZiBackend *be, void *graph, int *ran);
+    void (*graph_free)(ZiBackend *be, void *graph); /* NULL-safe */
 } ZiOps;
 
 struct ZiBackend {

@@ -295,6 +295,25 @@ static zi_status cpu_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, co
     return ZI_OK;
 }
 
+static zi_status cpu_rmsnorm_add_gated_scale(ZiBackend *be, void *x, void *h, const void *y, const void *w,
+                                             const void *g, const void *wn, const void *s, int M, int D, float eps) {
+    zi_status st = cpu_rmsnorm_add_gated(be, x, y, w, g, M, D, eps);
+    if (st == ZI_OK) st = cpu_rmsnorm_scale(be, h, x, wn, s, M, D, eps);
+    return st;
+}
+
+static zi_status cpu_adaln_gates(ZiBackend *be, void *out, const void *mod, int R, int D) {
+    zi_status st = ZI_OK;
+    for (int r = 0; r < R && st == ZI_OK; r++) {
+        size_t o = (size_t)r * 4 * D;
+        st = cpu_one_plus(be, F(out) + o, CF(mod) + o, (size_t)D);                          /* scale_msa */
+        if (st == ZI_OK) st = cpu_tanh(be, F(out) + o + D, CF(mod) + o + D, (size_t)D);            /* gate_msa  */
+        if (st == ZI_OK) st = cpu_one_plus(be, F(out) + o + 2 * D, CF(mod) + o + 2 * D, (size_t)D); /* scale_mlp */
+        if (st == ZI_OK) st = cpu_tanh(be, F(out) + o + 3 * D, CF(mod) + o + 3 * D, (size_t)D);    /* gate_mlp  */
+    }
+    return st;
+}
+
 static zi_status cpu_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F) {
     (void)be;
 #pragma omp parallel for if ((long)M * F > 1 << 16)
@@ -611,6 +630,7 @@ const ZiOps zi_ops_cpu = {
     .rmsnorm = cpu_rmsnorm,
     .rmsnorm_scale = cpu_rmsnorm_scale,
     .rmsnorm_add_gated = cpu_rmsnorm_add_gated,
+    .rmsnorm_add_gated_scale = cpu_rmsnorm_add_gated_scale,
     .layernorm = cpu_layernorm,
     .groupnorm = cpu_groupnorm,
     .add = cpu_add,
@@ -620,6 +640,7 @@ const ZiOps zi_ops_cpu = {
     .silu = cpu_silu,
     .swiglu = cpu_swiglu,
     .swiglu_pair = cpu_swiglu_pair,
+    .adaln_gates = cpu_adaln_gates,
     .mul_rows = cpu_mul_rows,
     .add_gated = cpu_add_gated,
     .rope = cpu_rope,

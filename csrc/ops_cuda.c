@@ -70,7 +70,15 @@ typedef struct ZiCuda {
     void *dstage[2];                 /* device staging, STAGE_BYTES each                 */
     cudaEvent_t stage_ev[2];         /* staging buffer i is free again once this fires   */
     pthread_mutex_t lock;            /* plans, scratch and staging                       */
+    unsigned long scratch_epoch;     /* bumped whenever a scratch buffer moves or is freed */
+    int graphs;                      /* capture_begin allowed (not ZIMAGE_GRAPHS=0/PROFILE/SYNC) */
+    cudaStream_t cap_stream;         /* where a graph is recorded (created on first use)  */
 } ZiCuda;
+
+/* While a thread records a graph, its ops go to the backend's capture stream; every other thread's
+   ops still go to the backend's stream, so they are neither recorded nor held up. */
+static __thread ZiCuda *tls_capture_cu;
+#define STREAM(cu) (tls_capture_cu == (cu) ? (cu)->cap_stream : (cu)->stream)
 
 static const ZiOps zi_ops_cuda;
 
@@ -153,6 +161,7 @@ static cudaError_t set_device(ZiCuda *cu) {
    caller holds the lock and has waited for the stream */
 static void release_scratch(ZiCuda *cu) {
     Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
+    cu->scratch_epoch++; /* recorded graphs may point into them */
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
         mem_track_remove(sc[i]->p);
         cudaFree(sc[i]->p);
@@ -170,6 +179,9 @@ static void release_scratch(ZiCuda *cu) {
 /* grow a scratch buffer to at least `bytes` (old contents are not kept) */
 static zi_status scratch_reserve(ZiCuda *cu, Scratch *s, size_t bytes) {
     if (s->n >= bytes) return ZI_OK;
+    if (tls_capture_cu == cu) /* cudaFree would wait on a stream that is recording, not running */
+        return zi_fail(ZI_ERR_STATE, "scratch buffer grows while recording a CUDA graph");
+    cu->scratch_epoch++; /* recorded graphs may point into the old buffer */
     mem_track_remove(s->p);
     cudaFree(s->p); /* waits for work that may still read it */
     s->p = NULL;
@@ -230,14 +242,14 @@ void zi_cuda_profile_reset(void) {
 static void prof_begin(ZiCuda *cu) {
     cu->prof_key[0] = 0;
     if (cu->prof_start) cudaEventDestroy(cu->prof_start); /* left by an op that returned early */
-    if (cudaEventCreate(&cu->prof_start) == cudaSuccess) cudaEventRecord(cu->prof_start, cu->stream);
+    if (cudaEventCreate(&cu->prof_start) == cudaSuccess) cudaEventRecord(cu->prof_start, STREAM(cu));
     else cu->prof_start = NULL;
 }
 
 static void prof_end(ZiCuda *cu, const char *op) {
     cudaEvent_t stop;
     if (!cu->prof_start || cudaEventCreate(&stop) != cudaSuccess) return;
-    cudaEventRecord(stop, cu->stream);
+    cudaEventRecord(stop, STREAM(cu));
     pthread_mutex_lock(&g_prof_lock);
     if (g_nprof == g_cap_prof) {
         size_t cap = g_cap_prof ? 2 * g_cap_prof : 4096;
@@ -258,7 +270,7 @@ static void prof_end(ZiCuda *cu, const char *op) {
 static zi_status op_end(ZiCuda *cu, const char *op) {
     if (cu->profile) prof_end(cu, op);
     if (!cu->sync_each_op) return ZI_OK;
-    cudaError_t e = cudaStreamSynchronize(cu->stream);
+    cudaError_t e = cudaStreamSynchronize(STREAM(cu));
     if (e == cudaSuccess) e = cudaGetLastError();
     if (e != cudaSuccess) return zi_fail(ZI_ERR_CUDA, "%s on %s failed (ZIMAGE_SYNC=1 check): %s", op, cu->name, cudaGetErrorString(e));
     return ZI_OK;
@@ -298,6 +310,7 @@ static void cuda_destroy(ZiCuda *cu) {
     cudaFree(cu->workspace);
     if (cu->lt) cublasLtDestroy(cu->lt);
     if (cu->stream) cudaStreamDestroy(cu->stream);
+    if (cu->cap_stream) cudaStreamDestroy(cu->cap_stream);
     pthread_mutex_destroy(&cu->lock);
     free(cu);
 }
@@ -318,6 +331,8 @@ zi_status zi_backend_cuda_create(int device, ZiBackend **out) {
     cu->gemm_tune = tune && tune[0] && strcmp(tune, "0") != 0;
     const char *prof = getenv("ZIMAGE_PROFILE");
     cu->profile = prof && prof[0] && strcmp(prof, "0") != 0;
+    const char *graphs = getenv("ZIMAGE_GRAPHS");
+    cu->graphs = !(graphs && strcmp(graphs, "0") == 0) && !cu->profile && !cu->sync_each_op;
     const char *cmb = getenv("ZIMAGE_CONV_SCRATCH_MB");
     cu->conv_bytes = (size_t)(cmb && atoi(cmb) > 0 ? atoi(cmb) : CONV_SCRATCH_MB) << 20;
     const char *amb = getenv("ZIMAGE_ATTN_SCRATCH_MB");
@@ -350,7 +365,7 @@ static zi_status cuda_alloc(ZiBackend *be, void **ptr, size_t bytes) {
     OP_BEGIN(be);
     *ptr = NULL;
     ZI_TRY(dev_malloc(cu, ptr, bytes));
-    CU_TRY(cudaMemsetAsync(*ptr, 0, bytes, cu->stream));
+    CU_TRY(cudaMemsetAsync(*ptr, 0, bytes, STREAM(cu)));
     return op_end(cu, "alloc");
 fail:
     return st;
@@ -405,12 +420,12 @@ static zi_status upload_bf16(ZiCuda *cu, void *dst, const void *src, int dtype, 
         CU_TRY(cudaEventSynchronize(cu->stage_ev[i])); /* buffer i's last copy and conversion are done */
         staging_memcpy(cu->pinned[i], (const char *)src + off * es, cnt * es);
         if (dtype == 1) {
-            CU_TRY(cudaMemcpyAsync((char *)dst + off * 2, cu->pinned[i], cnt * 2, cudaMemcpyHostToDevice, cu->stream));
+            CU_TRY(cudaMemcpyAsync((char *)dst + off * 2, cu->pinned[i], cnt * 2, cudaMemcpyHostToDevice, STREAM(cu)));
         } else {
-            CU_TRY(cudaMemcpyAsync(cu->dstage[i], cu->pinned[i], cnt * es, cudaMemcpyHostToDevice, cu->stream));
-            CU_TRY(zi_to_bf16_cuda((char *)dst + off * 2, cu->dstage[i], dtype, cnt, cu->stream));
+            CU_TRY(cudaMemcpyAsync(cu->dstage[i], cu->pinned[i], cnt * es, cudaMemcpyHostToDevice, STREAM(cu)));
+            CU_TRY(zi_to_bf16_cuda((char *)dst + off * 2, cu->dstage[i], dtype, cnt, STREAM(cu)));
         }
-        CU_TRY(cudaEventRecord(cu->stage_ev[i], cu->stream));
+        CU_TRY(cudaEventRecord(cu->stage_ev[i], STREAM(cu)));
     }
 fail:
     pthread_mutex_unlock(&cu->lock);
@@ -438,7 +453,7 @@ fail:
 static zi_status cuda_upload_f32(ZiBackend *be, float *dst, const float *src, size_t n) {
     OP_BEGIN(be);
     /* pageable source: returns once the data is staged, so the caller may free src */
-    CU_TRY(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, cu->stream));
+    CU_TRY(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, STREAM(cu)));
     return op_end(cu, "upload_f32");
 fail:
     return st;
@@ -452,9 +467,9 @@ static zi_status cuda_download(ZiBackend *be, float *dst, const void *src, size_
     st = ensure_staging(cu);
     for (size_t off = 0; st == ZI_OK && off < n; off += chunk) {
         size_t cnt = n - off < chunk ? n - off : chunk;
-        cudaError_t e = zi_bf16_to_f32_cuda(cu->dstage[0], (const char *)src + off * 2, cnt, cu->stream);
-        if (e == cudaSuccess) e = cudaMemcpyAsync(cu->pinned[0], cu->dstage[0], cnt * 4, cudaMemcpyDeviceToHost, cu->stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(cu->stream);
+        cudaError_t e = zi_bf16_to_f32_cuda(cu->dstage[0], (const char *)src + off * 2, cnt, STREAM(cu));
+        if (e == cudaSuccess) e = cudaMemcpyAsync(cu->pinned[0], cu->dstage[0], cnt * 4, cudaMemcpyDeviceToHost, STREAM(cu));
+        if (e == cudaSuccess) e = cudaStreamSynchronize(STREAM(cu));
         if (e != cudaSuccess) st = cuda_fail("download (convert, copy, synchronize)", __FILE__, __LINE__, e);
         else memcpy(dst + off, cu->pinned[0], cnt * 4);
     }
@@ -466,7 +481,7 @@ fail:
 
 static zi_status cuda_synchronize(ZiBackend *be) {
     OP_BEGIN(be);
-    CU_TRY(cudaStreamSynchronize(cu->stream));
+    CU_TRY(cudaStreamSynchronize(STREAM(cu)));
     CU_TRY(cudaGetLastError());
     return ZI_OK;
 fail:
@@ -546,11 +561,11 @@ static zi_status lt_tune(ZiCuda *cu, LtPlan *p, const void *A, const void *B, vo
         float ms = 0.0f;
         int ok = 1;
         for (int r = 0; r < 4 && ok; r++) { /* run 0 warms up; runs 1-3 timed */
-            if (r == 1) CU_TRY(cudaEventRecord(ev[0], cu->stream));
+            if (r == 1) CU_TRY(cudaEventRecord(ev[0], STREAM(cu)));
             ok = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->cand[i].algo,
-                                cu->workspace, LT_WORKSPACE, cu->stream) == CUBLAS_STATUS_SUCCESS;
+                                cu->workspace, LT_WORKSPACE, STREAM(cu)) == CUBLAS_STATUS_SUCCESS;
         }
-        CU_TRY(cudaEventRecord(ev[1], cu->stream));
+        CU_TRY(cudaEventRecord(ev[1], STREAM(cu)));
         CU_TRY(cudaEventSynchronize(ev[1]));
         CU_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
         if (!ok) continue;
@@ -607,7 +622,7 @@ static zi_status lt_matmul(ZiCuda *cu, int m, int n, int k, const void *A, int l
     if (bias) LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     if (!p->tuned && beta == 0.0f && cu->gemm_tune && 2.0 * m * n * k >= LT_TUNE_FLOP) ZI_TRY(lt_tune(cu, p, A, B, C, alpha));
     cublasStatus_t s = cublasLtMatmul(cu->lt, p->desc, &alpha, A, p->la, B, p->lb, &beta, C, p->lc, C, p->lc, &p->algo,
-                                      cu->workspace, LT_WORKSPACE, cu->stream);
+                                      cu->workspace, LT_WORKSPACE, STREAM(cu));
     if (s == CUBLAS_STATUS_NOT_SUPPORTED) { p->found = 0; return ZI_OK; }
     if (s != CUBLAS_STATUS_SUCCESS)
         return zi_fail(ZI_ERR_CUBLAS, "cublasLtMatmul (m=%d n=%d k=%d) failed on %s: %s", m, n, k, cu->name,
@@ -636,9 +651,9 @@ static zi_status cuda_matmul(ZiBackend *be, void *out, const void *in, const voi
     pthread_mutex_unlock(&cu->lock);
     if (st != ZI_OK) return st;
     if (!done) {
-        CU_TRY(zi_matmul_fallback_cuda(out, in, w, bias, M, K, N, cu->stream));
+        CU_TRY(zi_matmul_fallback_cuda(out, in, w, bias, M, K, N, STREAM(cu)));
     } else if (bias && !epi_bias) {
-        CU_TRY(zi_add_bias_cuda(out, bias, M, N, cu->stream));
+        CU_TRY(zi_add_bias_cuda(out, bias, M, N, STREAM(cu)));
     }
     return op_end(cu, "matmul");
 fail:
@@ -674,7 +689,7 @@ static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void
             char *oc = (char *)out + ((size_t)i0 * qs + (size_t)h * HD) * 2;
             ZI_TRY(lt_matmul(cu, nk, sq, HD, kh, (int)kvs, 1, qc, (int)qs, 0, sc, S, 1, NULL, scale, 0.0f, &ok));
             if (!ok) return ZI_OK;
-            CU_TRY(zi_softmax_rows_cuda(P, sc, sq, nk, S, i0, causal, cu->stream));
+            CU_TRY(zi_softmax_rows_cuda(P, sc, sq, nk, S, i0, causal, STREAM(cu)));
             ZI_TRY(lt_matmul(cu, HD, sq, nk, vh, (int)kvs, 0, P, S, 0, oc, (int)qs, 0, NULL, 1.0f, 0.0f, &ok));
             if (!ok) return ZI_OK;
         }
@@ -700,7 +715,7 @@ static zi_status cuda_attention(ZiBackend *be, void *out, const void *q, const v
         pthread_mutex_unlock(&cu->lock);
         if (st != ZI_OK) return st;
     }
-    if (!done) CU_TRY(zi_attention_cuda(out, q, k, v, S, NH, NKV, HD, causal, scale, cu->stream));
+    if (!done) CU_TRY(zi_attention_cuda(out, q, k, v, S, NH, NKV, HD, causal, scale, STREAM(cu)));
     return op_end(cu, "attention");
 fail:
     return st;
@@ -711,7 +726,7 @@ fail:
 
 static zi_status cuda_rmsnorm(ZiBackend *be, void *out, const void *in, const void *w, int M, int D, float eps) {
     OP_BEGIN(be);
-    CU_TRY(zi_rmsnorm_cuda(out, in, w, M, D, eps, cu->stream));
+    CU_TRY(zi_rmsnorm_cuda(out, in, w, M, D, eps, STREAM(cu)));
     return op_end(cu, "rmsnorm");
 fail:
     return st;
@@ -719,7 +734,7 @@ fail:
 
 static zi_status cuda_layernorm(ZiBackend *be, void *out, const void *in, int M, int D, float eps) {
     OP_BEGIN(be);
-    CU_TRY(zi_layernorm_cuda(out, in, M, D, eps, cu->stream));
+    CU_TRY(zi_layernorm_cuda(out, in, M, D, eps, STREAM(cu)));
     return op_end(cu, "layernorm");
 fail:
     return st;
@@ -733,7 +748,7 @@ static zi_status cuda_groupnorm(ZiBackend *be, void *out, const void *in, const 
     pthread_mutex_lock(&cu->lock);
     st = scratch_reserve(cu, &cu->stats, sizeof(double) * 2 * (size_t)B * G);
     if (st == ZI_OK) {
-        cudaError_t e = zi_groupnorm_cuda(out, in, gamma, beta, B, C, (size_t)HW, G, eps, silu, cu->stats.p, cu->stream);
+        cudaError_t e = zi_groupnorm_cuda(out, in, gamma, beta, B, C, (size_t)HW, G, eps, silu, cu->stats.p, STREAM(cu));
         if (e != cudaSuccess) st = cuda_fail("zi_groupnorm_cuda", __FILE__, __LINE__, e);
     }
     pthread_mutex_unlock(&cu->lock);
@@ -748,7 +763,7 @@ fail:
 
 static zi_status cuda_add(ZiBackend *be, void *out, const void *a, const void *b, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_binary_cuda(out, a, b, ZI_BINARY_ADD, n, cu->stream));
+    CU_TRY(zi_binary_cuda(out, a, b, ZI_BINARY_ADD, n, STREAM(cu)));
     return op_end(cu, "add");
 fail:
     return st;
@@ -756,7 +771,7 @@ fail:
 
 static zi_status cuda_swiglu(ZiBackend *be, void *out, const void *gate, const void *up, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_binary_cuda(out, gate, up, ZI_BINARY_SWIGLU, n, cu->stream));
+    CU_TRY(zi_binary_cuda(out, gate, up, ZI_BINARY_SWIGLU, n, STREAM(cu)));
     return op_end(cu, "swiglu");
 fail:
     return st;
@@ -764,7 +779,7 @@ fail:
 
 static zi_status unary(ZiBackend *be, void *out, const void *in, int op, float s, size_t n, const char *name) {
     OP_BEGIN(be);
-    CU_TRY(zi_unary_cuda(out, in, op, s, n, cu->stream));
+    CU_TRY(zi_unary_cuda(out, in, op, s, n, STREAM(cu)));
     return op_end(cu, name);
 fail:
     return st;
@@ -785,7 +800,7 @@ static zi_status cuda_silu(ZiBackend *be, void *out, const void *in, size_t n) {
 
 static zi_status cuda_mul_rows(ZiBackend *be, void *out, const void *in, const void *s, int M, int D) {
     OP_BEGIN(be);
-    CU_TRY(zi_mul_rows_cuda(out, in, s, M, D, cu->stream));
+    CU_TRY(zi_mul_rows_cuda(out, in, s, M, D, STREAM(cu)));
     return op_end(cu, "mul_rows");
 fail:
     return st;
@@ -793,7 +808,7 @@ fail:
 
 static zi_status cuda_add_gated(ZiBackend *be, void *x, const void *y, const void *g, int M, int D) {
     OP_BEGIN(be);
-    CU_TRY(zi_add_gated_cuda(x, y, g, M, D, cu->stream));
+    CU_TRY(zi_add_gated_cuda(x, y, g, M, D, STREAM(cu)));
     return op_end(cu, "add_gated");
 fail:
     return st;
@@ -801,7 +816,7 @@ fail:
 
 static zi_status cuda_rope(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved) {
     OP_BEGIN(be);
-    CU_TRY(zi_rope_cuda(x, cs, S, NH, HD, interleaved, cu->stream));
+    CU_TRY(zi_rope_cuda(x, cs, S, NH, HD, interleaved, STREAM(cu)));
     return op_end(cu, "rope");
 fail:
     return st;
@@ -813,7 +828,7 @@ fail:
 static zi_status cuda_rmsnorm_scale(ZiBackend *be, void *out, const void *in, const void *w, const void *s, int M, int D,
                                     float eps) {
     OP_BEGIN(be);
-    CU_TRY(zi_rmsnorm_scale_cuda(out, in, w, s, M, D, eps, cu->stream));
+    CU_TRY(zi_rmsnorm_scale_cuda(out, in, w, s, M, D, eps, STREAM(cu)));
     return op_end(cu, "rmsnorm_scale");
 fail:
     return st;
@@ -822,15 +837,32 @@ fail:
 static zi_status cuda_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, const void *w, const void *g, int M,
                                         int D, float eps) {
     OP_BEGIN(be);
-    CU_TRY(zi_rmsnorm_add_gated_cuda(x, y, w, g, M, D, eps, cu->stream));
+    CU_TRY(zi_rmsnorm_add_gated_cuda(x, y, w, g, M, D, eps, STREAM(cu)));
     return op_end(cu, "rmsnorm_add_gated");
+fail:
+    return st;
+}
+
+static zi_status cuda_rmsnorm_add_gated_scale(ZiBackend *be, void *x, void *h, const void *y, const void *w,
+                                              const void *g, const void *wn, const void *s, int M, int D, float eps) {
+    OP_BEGIN(be);
+    CU_TRY(zi_rmsnorm_add_gated_scale_cuda(x, h, y, w, g, wn, s, M, D, eps, STREAM(cu)));
+    return op_end(cu, "rmsnorm_add_gated_scale");
+fail:
+    return st;
+}
+
+static zi_status cuda_adaln_gates(ZiBackend *be, void *out, const void *mod, int R, int D) {
+    OP_BEGIN(be);
+    CU_TRY(zi_adaln_gates_cuda(out, mod, R, D, STREAM(cu)));
+    return op_end(cu, "adaln_gates");
 fail:
     return st;
 }
 
 static zi_status cuda_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F) {
     OP_BEGIN(be);
-    CU_TRY(zi_swiglu_pair_cuda(out, gu, M, F, cu->stream));
+    CU_TRY(zi_swiglu_pair_cuda(out, gu, M, F, STREAM(cu)));
     return op_end(cu, "swiglu_pair");
 fail:
     return st;
@@ -842,7 +874,7 @@ static zi_status cuda_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, co
     OP_BEGIN(be);
     if (HD <= 0 || HD % 2 || HD > 256 || (!wq != !wk))
         return zi_fail(ZI_ERR_ARG, "qkv_norm_rope: head dim %d (must be even, at most 256), q/k norms both or neither", HD);
-    CU_TRY(zi_qkv_norm_rope_cuda(q, k, v, qkv, wq, wk, cs, S, NH, NKV, HD, eps, interleaved, cu->stream));
+    CU_TRY(zi_qkv_norm_rope_cuda(q, k, v, qkv, wq, wk, cs, S, NH, NKV, HD, eps, interleaved, STREAM(cu)));
     return op_end(cu, "qkv_norm_rope");
 fail:
     return st;
@@ -860,13 +892,13 @@ static zi_status cuda_copy(ZiBackend *be, void *dst, const void *src, size_t n) 
         pthread_mutex_lock(&cu->lock);
         st = scratch_reserve(cu, &cu->tmp, bytes);
         cudaError_t e = cudaSuccess;
-        if (st == ZI_OK) e = cudaMemcpyAsync(cu->tmp.p, src, bytes, cudaMemcpyDeviceToDevice, cu->stream);
-        if (st == ZI_OK && e == cudaSuccess) e = cudaMemcpyAsync(dst, cu->tmp.p, bytes, cudaMemcpyDeviceToDevice, cu->stream);
+        if (st == ZI_OK) e = cudaMemcpyAsync(cu->tmp.p, src, bytes, cudaMemcpyDeviceToDevice, STREAM(cu));
+        if (st == ZI_OK && e == cudaSuccess) e = cudaMemcpyAsync(dst, cu->tmp.p, bytes, cudaMemcpyDeviceToDevice, STREAM(cu));
         if (e != cudaSuccess) st = cuda_fail("cudaMemcpyAsync (overlapping copy)", __FILE__, __LINE__, e);
         pthread_mutex_unlock(&cu->lock);
         if (st != ZI_OK) return st;
     } else {
-        CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu->stream));
+        CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, STREAM(cu)));
     }
     return op_end(cu, "copy");
 fail:
@@ -880,7 +912,7 @@ static zi_status cuda_copy2d(ZiBackend *be, void *dst, const void *src, int B, i
     if (B <= 0 || R <= 0 || X <= 0) return ZI_OK;
     for (int b = 0; b < B; b++)
         CU_TRY(cudaMemcpy2DAsync((char *)dst + b * dst_bs * 2, dst_ld * 2, (const char *)src + b * src_bs * 2, src_ld * 2,
-                                 (size_t)X * 2, (size_t)R, cudaMemcpyDeviceToDevice, cu->stream));
+                                 (size_t)X * 2, (size_t)R, cudaMemcpyDeviceToDevice, STREAM(cu)));
     return op_end(cu, "copy2d");
 fail:
     return st;
@@ -888,7 +920,7 @@ fail:
 
 static zi_status cuda_blend_seam(ZiBackend *be, void *b, const void *a, int O, int e, int X, size_t b_ld, size_t a_ld) {
     OP_BEGIN(be);
-    CU_TRY(zi_blend_seam_cuda(b, a, O, e, X, b_ld, a_ld, cu->stream));
+    CU_TRY(zi_blend_seam_cuda(b, a, O, e, X, b_ld, a_ld, STREAM(cu)));
     return op_end(cu, "blend_seam");
 fail:
     return st;
@@ -896,7 +928,7 @@ fail:
 
 static zi_status cuda_fill_rows(ZiBackend *be, void *dst, const void *row, int M, int D) {
     OP_BEGIN(be);
-    CU_TRY(zi_fill_rows_cuda(dst, row, M, D, cu->stream));
+    CU_TRY(zi_fill_rows_cuda(dst, row, M, D, STREAM(cu)));
     return op_end(cu, "fill_rows");
 fail:
     return st;
@@ -908,8 +940,8 @@ static zi_status cuda_embedding(ZiBackend *be, void *out, const void *table, con
     pthread_mutex_lock(&cu->lock);
     st = scratch_reserve(cu, &cu->ids, (size_t)L * sizeof(int32_t));
     cudaError_t e = cudaSuccess;
-    if (st == ZI_OK) e = cudaMemcpyAsync(cu->ids.p, ids, (size_t)L * sizeof(int32_t), cudaMemcpyHostToDevice, cu->stream);
-    if (st == ZI_OK && e == cudaSuccess) e = zi_embedding_cuda(out, table, cu->ids.p, L, D, cu->stream);
+    if (st == ZI_OK) e = cudaMemcpyAsync(cu->ids.p, ids, (size_t)L * sizeof(int32_t), cudaMemcpyHostToDevice, STREAM(cu));
+    if (st == ZI_OK && e == cudaSuccess) e = zi_embedding_cuda(out, table, cu->ids.p, L, D, STREAM(cu));
     if (e != cudaSuccess) st = cuda_fail("embedding (ids copy, gather)", __FILE__, __LINE__, e);
     pthread_mutex_unlock(&cu->lock);
     if (st != ZI_OK) return st;
@@ -920,7 +952,7 @@ fail:
 
 static zi_status cuda_transpose(ZiBackend *be, void *out, const void *in, int M, int N) {
     OP_BEGIN(be);
-    CU_TRY(zi_transpose_cuda(out, in, M, N, cu->stream));
+    CU_TRY(zi_transpose_cuda(out, in, M, N, STREAM(cu)));
     return op_end(cu, "transpose");
 fail:
     return st;
@@ -929,7 +961,7 @@ fail:
 static zi_status cuda_patchify(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH,
                                int pW) {
     OP_BEGIN(be);
-    CU_TRY(zi_patch_cuda(out, (void *)in, C, F, H, W, pF, pH, pW, 1, cu->stream));
+    CU_TRY(zi_patch_cuda(out, (void *)in, C, F, H, W, pF, pH, pW, 1, STREAM(cu)));
     return op_end(cu, "patchify");
 fail:
     return st;
@@ -938,7 +970,7 @@ fail:
 static zi_status cuda_unpatchify(ZiBackend *be, void *out, const void *in, int C, int F, int H, int W, int pF, int pH,
                                  int pW) {
     OP_BEGIN(be);
-    CU_TRY(zi_patch_cuda((void *)in, out, C, F, H, W, pF, pH, pW, 0, cu->stream));
+    CU_TRY(zi_patch_cuda((void *)in, out, C, F, H, W, pF, pH, pW, 0, STREAM(cu)));
     return op_end(cu, "unpatchify");
 fail:
     return st;
@@ -999,13 +1031,13 @@ static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void 
     ZI_TRY(scratch_reserve(cu, &cu->col, xb + wb + sb + nparts * 8));
     char *xin = cu->col.p, *wp = xin + xb;
     float *stats = pre->norm ? (float *)(wp + wb) : NULL, *partials = pre->norm ? (float *)(wp + wb + sb) : NULL;
-    if (pre->norm) CU_TRY(zi_groupnorm_stats_cuda(stats, partials, in, B, Ci, (int)HW, pre->G, pre->eps, cu->stream));
-    CU_TRY(zi_conv_pack_weight_cuda(wp, w, Co, Ci, k * k, cu->stream));
+    if (pre->norm) CU_TRY(zi_groupnorm_stats_cuda(stats, partials, in, B, Ci, (int)HW, pre->G, pre->eps, STREAM(cu)));
+    CU_TRY(zi_conv_pack_weight_cuda(wp, w, Co, Ci, k * k, STREAM(cu)));
     if (band == Ho) {
         CU_TRY(zi_conv_pack_input_cuda(xin, in, B, Ci, (int)HW, HW, stats, pre->G, pre->gamma, pre->beta, pre->silu,
-                                       cu->stream));
+                                       STREAM(cu)));
         CU_TRY(zi_conv2d_igemm_cuda(out, xin, wp, bias, pre->res, B, Ci, H, W, Co, k, pad, pre->up, conv_tile(),
-                                    cu->stream));
+                                    STREAM(cu)));
         return ZI_OK;
     }
     for (int y0 = 0; y0 < Ho; y0 += band) { /* the stream orders each band's packing after the last band's GEMM */
@@ -1013,9 +1045,9 @@ static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void 
         int r0 = y0 - pad < 0 ? 0 : y0 - pad, r1 = y0 + ny - 1 - pad + k < H ? y0 + ny - 1 - pad + k : H;
         const char *src = (const char *)in + (size_t)r0 * W * 2;
         CU_TRY(zi_conv_pack_input_cuda(xin, src, 1, Ci, (r1 - r0) * W, HW, stats, pre->G, pre->gamma, pre->beta,
-                                       pre->silu, cu->stream));
+                                       pre->silu, STREAM(cu)));
         CU_TRY(zi_conv2d_igemm_band_cuda(out, xin, wp, bias, pre->res, 1, Ci, H, W, Co, k, pad, 0, y0, ny, r0,
-                                         conv_tile(), cu->stream));
+                                         conv_tile(), STREAM(cu)));
     }
 fail:
     return st;
@@ -1048,16 +1080,16 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
     if (pre->norm) {
         ZI_TRY(scratch_reserve(cu, &cu->stats, sizeof(double) * 2 * (size_t)B * pre->G));
         CU_TRY(zi_groupnorm_cuda(cu->col.p, in, pre->gamma, pre->beta, B, Ci, (size_t)H * W, pre->G, pre->eps, pre->silu,
-                                 cu->stats.p, cu->stream));
+                                 cu->stats.p, STREAM(cu)));
         in = cu->col.p;
     } else if (pre->up) {
-        CU_TRY(zi_upsample2x_cuda(cu->col.p, in, B, Ci, H, W, cu->stream));
+        CU_TRY(zi_upsample2x_cuda(cu->col.p, in, B, Ci, H, W, STREAM(cu)));
         in = cu->col.p;
     }
     void *col = (char *)cu->col.p + pb + ob, *res_out = out;
     if (pre->res) out = (char *)cu->col.p + pb;
     if (bias) {
-        CU_TRY(zi_fill_planes_cuda(out, bias, B, Co, P, cu->stream));
+        CU_TRY(zi_fill_planes_cuda(out, bias, B, Co, P, STREAM(cu)));
         beta = 1.0f;
     }
     for (int b = 0; b < B; b++) {
@@ -1067,7 +1099,7 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
             int np = (int)(P - p0 < chunk ? P - p0 : chunk), done = 0;
             const void *A = in_b;
             if (!direct) {
-                CU_TRY(zi_im2col_cuda(col, in_b, Ci, Hc, Wc, k, pad, p0, np, cu->stream));
+                CU_TRY(zi_im2col_cuda(col, in_b, Ci, Hc, Wc, k, pad, p0, np, STREAM(cu)));
                 A = col;
             }
             ZI_TRY(lt_matmul(cu, np, Co, (int)Kc, A, np, 0, w, (int)Kc, 0, out_b + p0 * 2, (int)P, 0, NULL, 1.0f, beta, &done));
@@ -1076,7 +1108,7 @@ static zi_status conv2d_im2col(ZiCuda *cu, void *out, const void *in, const void
                                Co, Kc);
         }
     }
-    if (pre->res) CU_TRY(zi_binary_cuda(res_out, out, pre->res, ZI_BINARY_ADD, (size_t)B * Co * P, cu->stream));
+    if (pre->res) CU_TRY(zi_binary_cuda(res_out, out, pre->res, ZI_BINARY_ADD, (size_t)B * Co * P, STREAM(cu)));
 fail:
     return st;
 }
@@ -1130,7 +1162,7 @@ static zi_status cuda_upsample_conv2d(ZiBackend *be, void *out, const void *in, 
 
 static zi_status cuda_upsample2x(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W) {
     OP_BEGIN(be);
-    CU_TRY(zi_upsample2x_cuda(out, in, B, C, H, W, cu->stream));
+    CU_TRY(zi_upsample2x_cuda(out, in, B, C, H, W, STREAM(cu)));
     return op_end(cu, "upsample2x");
 fail:
     return st;
@@ -1142,8 +1174,8 @@ fail:
 static zi_status cuda_download_bytes(ZiBackend *be, void *dst, const void *src, size_t bytes) {
     OP_BEGIN(be);
     if (bytes == 0) return ZI_OK;
-    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream));
-    CU_TRY(cudaStreamSynchronize(cu->stream)); /* dst is pageable: wait until it holds the data */
+    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, STREAM(cu)));
+    CU_TRY(cudaStreamSynchronize(STREAM(cu))); /* dst is pageable: wait until it holds the data */
     return ZI_OK;
 fail:
     return st;
@@ -1151,7 +1183,7 @@ fail:
 
 static zi_status cuda_to_act(ZiBackend *be, void *out, const float *in, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_to_bf16_cuda(out, in, 0, n, cu->stream));
+    CU_TRY(zi_to_bf16_cuda(out, in, 0, n, STREAM(cu)));
     return op_end(cu, "to_act");
 fail:
     return st;
@@ -1159,7 +1191,7 @@ fail:
 
 static zi_status cuda_to_f32(ZiBackend *be, float *out, const void *in, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_bf16_to_f32_cuda(out, in, n, cu->stream));
+    CU_TRY(zi_bf16_to_f32_cuda(out, in, n, STREAM(cu)));
     return op_end(cu, "to_f32");
 fail:
     return st;
@@ -1167,7 +1199,7 @@ fail:
 
 static zi_status cuda_cfg_combine(ZiBackend *be, float *pred, const float *pos, const float *neg, float g, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_cfg_combine_cuda(pred, pos, neg, g, n, cu->stream));
+    CU_TRY(zi_cfg_combine_cuda(pred, pos, neg, g, n, STREAM(cu)));
     return op_end(cu, "cfg_combine");
 fail:
     return st;
@@ -1182,9 +1214,9 @@ static zi_status cuda_sumsq_f32(ZiBackend *be, double *sum, const float *x, size
     st = scratch_reserve(cu, &cu->stats, sizeof(double) * (ZI_SUMSQ_BLOCKS + 1));
     if (st == ZI_OK) {
         double *partials = cu->stats.p, *dsum = partials + ZI_SUMSQ_BLOCKS;
-        cudaError_t e = zi_sumsq_f32_cuda(dsum, partials, x, n, cu->stream);
-        if (e == cudaSuccess) e = cudaMemcpyAsync(sum, dsum, sizeof(double), cudaMemcpyDeviceToHost, cu->stream);
-        if (e == cudaSuccess) e = cudaStreamSynchronize(cu->stream);
+        cudaError_t e = zi_sumsq_f32_cuda(dsum, partials, x, n, STREAM(cu));
+        if (e == cudaSuccess) e = cudaMemcpyAsync(sum, dsum, sizeof(double), cudaMemcpyDeviceToHost, STREAM(cu));
+        if (e == cudaSuccess) e = cudaStreamSynchronize(STREAM(cu));
         if (e != cudaSuccess) st = cuda_fail("sumsq_f32 (reduce, copy, synchronize)", __FILE__, __LINE__, e);
     }
     pthread_mutex_unlock(&cu->lock);
@@ -1195,7 +1227,7 @@ fail:
 
 static zi_status cuda_scale_f32(ZiBackend *be, float *out, const float *in, float s, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_scale_f32_cuda(out, in, s, n, cu->stream));
+    CU_TRY(zi_scale_f32_cuda(out, in, s, n, STREAM(cu)));
     return op_end(cu, "scale_f32");
 fail:
     return st;
@@ -1203,7 +1235,7 @@ fail:
 
 static zi_status cuda_euler_step(ZiBackend *be, float *x, const float *pred, float dt, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_euler_step_cuda(x, pred, dt, n, cu->stream));
+    CU_TRY(zi_euler_step_cuda(x, pred, dt, n, STREAM(cu)));
     return op_end(cu, "euler_step");
 fail:
     return st;
@@ -1212,7 +1244,7 @@ fail:
 static zi_status cuda_latents_to_vae(ZiBackend *be, void *out, const float *lat, float scaling_factor,
                                      float shift_factor, size_t n) {
     OP_BEGIN(be);
-    CU_TRY(zi_latents_to_vae_cuda(out, lat, scaling_factor, shift_factor, n, cu->stream));
+    CU_TRY(zi_latents_to_vae_cuda(out, lat, scaling_factor, shift_factor, n, STREAM(cu)));
     return op_end(cu, "latents_to_vae");
 fail:
     return st;
@@ -1221,7 +1253,7 @@ fail:
 static zi_status cuda_image_to_uint8(ZiBackend *be, uint8_t *out, const void *img, int B, int C, int H, int W,
                                      int bf16_rule) {
     OP_BEGIN(be);
-    CU_TRY(zi_image_to_uint8_cuda(out, img, B, C, H, W, bf16_rule, cu->stream));
+    CU_TRY(zi_image_to_uint8_cuda(out, img, B, C, H, W, bf16_rule, STREAM(cu)));
     return op_end(cu, "image_to_uint8");
 fail:
     return st;
@@ -1229,7 +1261,7 @@ fail:
 
 static zi_status cuda_image_to_float_hwc(ZiBackend *be, float *out, const void *img, int B, int C, int H, int W) {
     OP_BEGIN(be);
-    CU_TRY(zi_image_to_float_hwc_cuda(out, img, B, C, H, W, cu->stream));
+    CU_TRY(zi_image_to_float_hwc_cuda(out, img, B, C, H, W, STREAM(cu)));
     return op_end(cu, "image_to_float_hwc");
 fail:
     return st;
@@ -1246,6 +1278,75 @@ static zi_status cuda_queue_copy(ZiBackend *be, void *queue, int slot, void *dst
 static zi_status cuda_queue_acquire(ZiBackend *be, void *queue, int slot);
 static zi_status cuda_queue_release(ZiBackend *be, void *queue, int slot);
 
+// ----------------------------------------------------------------------------------------------
+// replay: CUDA graphs recorded from the backend's stream
+
+typedef struct CudaGraph {
+    cudaGraphExec_t exec;
+    unsigned long scratch_epoch;     /* the backend's scratch layout it was recorded with */
+} CudaGraph;
+
+static zi_status cuda_capture_begin(ZiBackend *be) {
+    OP_BEGIN(be);
+    if (!cu->graphs) return zi_fail(ZI_ERR_STATE, "CUDA graphs are off (ZIMAGE_GRAPHS=0, ZIMAGE_PROFILE or ZIMAGE_SYNC)");
+    if (tls_capture_cu) return zi_fail(ZI_ERR_STATE, "a CUDA graph is already being recorded");
+    if (!cu->cap_stream) CU_TRY(cudaStreamCreateWithFlags(&cu->cap_stream, cudaStreamNonBlocking));
+    /* thread-local mode: only this thread's unsafe calls (synchronisations) break the capture */
+    CU_TRY(cudaStreamBeginCapture(cu->cap_stream, cudaStreamCaptureModeThreadLocal));
+    tls_capture_cu = cu;
+fail:
+    return st;
+}
+
+static zi_status cuda_capture_end(ZiBackend *be, void **graph) {
+    cudaGraph_t g = NULL;
+    CudaGraph *cg = NULL;
+    *graph = NULL;
+    OP_BEGIN(be);
+    if (tls_capture_cu != cu) return zi_fail(ZI_ERR_STATE, "capture_end without capture_begin");
+    tls_capture_cu = NULL;
+    cudaError_t e = cudaStreamEndCapture(cu->cap_stream, &g); /* fails if an op broke the capture */
+    if (e != cudaSuccess || !g) {
+        cudaGetLastError();
+        st = zi_fail(ZI_ERR_CUDA, "recording a CUDA graph failed: %s", cudaGetErrorString(e));
+        goto fail;
+    }
+    ZI_CALLOC(cg, 1, sizeof *cg);
+    CU_TRY(cudaGraphInstantiate(&cg->exec, g, 0));
+    cg->scratch_epoch = cu->scratch_epoch;
+    *graph = cg;
+    cg = NULL;
+fail:
+    if (g) cudaGraphDestroy(g);
+    free(cg);
+    return st;
+}
+
+static unsigned long g_graph_replays; /* process-wide count, for tests (zi_cuda_graph_replays) */
+
+/* How many recorded graphs were replayed so far in this process (exported for the tests, via ctypes). */
+unsigned long zi_cuda_graph_replays(void) { return __atomic_load_n(&g_graph_replays, __ATOMIC_RELAXED); }
+
+static zi_status cuda_replay(ZiBackend *be, void *graph, int *ran) {
+    CudaGraph *cg = (CudaGraph *)graph;
+    *ran = 0;
+    OP_BEGIN(be);
+    if (cg->scratch_epoch != cu->scratch_epoch) return ZI_OK;
+    CU_TRY(cudaGraphLaunch(cg->exec, STREAM(cu)));
+    __atomic_add_fetch(&g_graph_replays, 1, __ATOMIC_RELAXED);
+    *ran = 1;
+fail:
+    return st;
+}
+
+static void cuda_graph_free(ZiBackend *be, void *graph) {
+    CudaGraph *cg = (CudaGraph *)graph;
+    if (!cg) return;
+    ZiCuda *cu = (ZiCuda *)be->impl;
+    if (set_device(cu) == cudaSuccess) cudaGraphExecDestroy(cg->exec);
+    free(cg);
+}
+
 static const ZiOps zi_ops_cuda = {
     .alloc = cuda_alloc,
     .free = cuda_free,
@@ -1259,6 +1360,7 @@ static const ZiOps zi_ops_cuda = {
     .rmsnorm = cuda_rmsnorm,
     .rmsnorm_scale = cuda_rmsnorm_scale,
     .rmsnorm_add_gated = cuda_rmsnorm_add_gated,
+    .rmsnorm_add_gated_scale = cuda_rmsnorm_add_gated_scale,
     .layernorm = cuda_layernorm,
     .groupnorm = cuda_groupnorm,
     .add = cuda_add,
@@ -1268,6 +1370,7 @@ static const ZiOps zi_ops_cuda = {
     .silu = cuda_silu,
     .swiglu = cuda_swiglu,
     .swiglu_pair = cuda_swiglu_pair,
+    .adaln_gates = cuda_adaln_gates,
     .mul_rows = cuda_mul_rows,
     .add_gated = cuda_add_gated,
     .rope = cuda_rope,
@@ -1304,6 +1407,10 @@ static const ZiOps zi_ops_cuda = {
     .queue_copy = cuda_queue_copy,
     .queue_acquire = cuda_queue_acquire,
     .queue_release = cuda_queue_release,
+    .capture_begin = cuda_capture_begin,
+    .capture_end = cuda_capture_end,
+    .replay = cuda_replay,
+    .graph_free = cuda_graph_free,
 };
 
 /* free and total bytes on a GPU (device-wide, every process and context included) */
@@ -1419,7 +1526,7 @@ zi_status zi_cuda_reset_peak_memory_impl(int device) {
 zi_status zi_cuda_empty_cache_impl(ZiBackend *be) {
     OP_BEGIN(be);
     pthread_mutex_lock(&cu->lock);
-    cudaError_t e = cudaStreamSynchronize(cu->stream); /* staging copies may still be in flight */
+    cudaError_t e = cudaStreamSynchronize(STREAM(cu)); /* staging copies may still be in flight */
     release_scratch(cu);
     pthread_mutex_unlock(&cu->lock);
     if (e != cudaSuccess) CU_TRY(e);
@@ -1487,7 +1594,7 @@ static zi_status cuda_weight_to_host(ZiBackend *be, void *dst, const void *src, 
 static zi_status cuda_upload_bytes(ZiBackend *be, void *dst, const void *src, size_t bytes) {
     OP_BEGIN(be);
     /* pageable source: returns once staged; page-locked: the source must outlive the copy */
-    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu->stream));
+    CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, STREAM(cu)));
     return op_end(cu, "upload_bytes");
 fail:
     return st;
@@ -1554,7 +1661,7 @@ static zi_status cuda_queue_acquire(ZiBackend *be, void *queue, int slot) {
     OP_BEGIN(be);
     CudaQueue *q = queue;
     if (slot < 0 || slot >= q->nslots) return zi_fail(ZI_ERR_ARG, "copy queue slot %d of %d", slot, q->nslots);
-    CU_TRY(cudaStreamWaitEvent(cu->stream, q->landed[slot], 0));
+    CU_TRY(cudaStreamWaitEvent(STREAM(cu), q->landed[slot], 0));
     return ZI_OK;
 fail:
     return st;
@@ -1564,7 +1671,7 @@ static zi_status cuda_queue_release(ZiBackend *be, void *queue, int slot) {
     OP_BEGIN(be);
     CudaQueue *q = queue;
     if (slot < 0 || slot >= q->nslots) return zi_fail(ZI_ERR_ARG, "copy queue slot %d of %d", slot, q->nslots);
-    CU_TRY(cudaEventRecord(q->released[slot], cu->stream));
+    CU_TRY(cudaEventRecord(q->released[slot], STREAM(cu)));
     return ZI_OK;
 fail:
     return st;

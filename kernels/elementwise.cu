@@ -64,6 +64,22 @@ extern "C" cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, i
     return cudaErrorInvalidValue;
 }
 
+/* adaLN activations over mod[R, 4D] viewed as 4R parts of D: even parts 1 + x, odd parts tanh(x)
+   (one_plus and tanh above) */
+__global__ void adaln_gates_kernel(bf16 *out, const bf16 *mod, size_t n, int D) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = b2f(mod[i]);
+        out[i] = f2b((i / (size_t)D) % 2 ? OpTanh{}(x, 0.0f) : OpOnePlus{}(x, 0.0f));
+    }
+}
+
+extern "C" cudaError_t zi_adaln_gates_cuda(void *out, const void *mod, int R, int D, cudaStream_t stream) {
+    size_t n = (size_t)R * 4 * D;
+    if (n == 0) return cudaSuccess;
+    adaln_gates_kernel<<<grid_for(n, 256), 256, 0, stream>>>((bf16 *)out, (const bf16 *)mod, n, D);
+    return cudaGetLastError();
+}
+
 /* out[m, f] = silu(gu[m, f]) * gu[m, F + f]: rows over blockIdx.y (grid-stride), columns over x;
    VEC: 8 columns per thread step */
 template <bool VEC>

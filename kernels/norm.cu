@@ -91,6 +91,22 @@ __global__ void rmsnorm_add_gated_kernel(bf16 *x, const bf16 *y, const bf16 *w, 
     row_add_gated<VEC>(x + (size_t)m * D, yr, w, g, D, rsqrtf(ss / D + eps));
 }
 
+/* x[m,:] += g * rmsnorm(y[m,:]) * w, then h[m,:] = rmsnorm(x[m,:]) * wn * s: the same warp re-reads the
+   row of x it has just stored (its own writes, so visible to it without a fence; from L1/L2) */
+template <bool VEC>
+__global__ void rmsnorm_add_gated_scale_kernel(bf16 *x, bf16 *h, const bf16 *y, const bf16 *w, const bf16 *g,
+                                               const bf16 *wn, const bf16 *s, int M, int D, float eps) {
+    int m = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    if (m >= M) return;
+    const bf16 *yr = y + (size_t)m * D;
+    bf16 *xr = x + (size_t)m * D;
+    float ss = row_reduce<VEC>(yr, D, Square{});
+    row_add_gated<VEC>(xr, yr, w, g, D, rsqrtf(ss / D + eps));
+    __syncwarp(); /* the non-VEC path reads elements other lanes of this warp wrote */
+    float sx = row_reduce<VEC>(xr, D, Square{});
+    row_write<VEC>(h + (size_t)m * D, xr, wn, s, D, 0.0f, rsqrtf(sx / D + eps));
+}
+
 /* out[m,:] = (in[m,:] - mean) * rsqrt(var + eps), var from a second pass over (x - mean)^2 */
 template <bool VEC>
 __global__ void layernorm_kernel(bf16 *out, const bf16 *in, int M, int D, float eps) {
@@ -134,6 +150,22 @@ extern "C" cudaError_t zi_rmsnorm_add_gated_cuda(void *x, const void *y, const v
     else
         rmsnorm_add_gated_kernel<false><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>((bf16 *)x, (const bf16 *)y,
                                                                                   (const bf16 *)w, (const bf16 *)g, M, D, eps);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t zi_rmsnorm_add_gated_scale_cuda(void *x, void *h, const void *y, const void *w, const void *g,
+                                                       const void *wn, const void *s, int M, int D, float eps,
+                                                       cudaStream_t stream) {
+    if (M == 0 || D == 0) return cudaSuccess;
+    unsigned grid = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+    if (row_vec_ok(x, y, w, D) && row_vec_ok(h, wn, g, D) && (!s || is_aligned16(s)))
+        rmsnorm_add_gated_scale_kernel<true><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+            (bf16 *)x, (bf16 *)h, (const bf16 *)y, (const bf16 *)w, (const bf16 *)g, (const bf16 *)wn, (const bf16 *)s,
+            M, D, eps);
+    else
+        rmsnorm_add_gated_scale_kernel<false><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>(
+            (bf16 *)x, (bf16 *)h, (const bf16 *)y, (const bf16 *)w, (const bf16 *)g, (const bf16 *)wn, (const bf16 *)s,
+            M, D, eps);
     return cudaGetLastError();
 }
 

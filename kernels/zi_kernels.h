@@ -30,6 +30,8 @@ enum { ZI_BINARY_ADD, ZI_BINARY_SWIGLU };
 cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, int op, size_t n, cudaStream_t stream);
 /* out[m,f] = silu(gu[m,f]) * gu[m,F+f] for gu[M,2F] (merged gate/up projection) */
 cudaError_t zi_swiglu_pair_cuda(void *out, const void *gu, int M, int F, cudaStream_t stream);
+/* out[R,4D] = (1 + mod[:, 0:D], tanh(mod[:, D:2D]), 1 + mod[:, 2D:3D], tanh(mod[:, 3D:4D])) per row; out may alias mod */
+cudaError_t zi_adaln_gates_cuda(void *out, const void *mod, int R, int D, cudaStream_t stream);
 /* out[M,D] = in[M,D] * s[D] */
 cudaError_t zi_mul_rows_cuda(void *out, const void *in, const void *s, int M, int D, cudaStream_t stream);
 /* x[M,D] += g[D] * y[M,D]  (g NULL: x += y) */
@@ -92,6 +94,10 @@ cudaError_t zi_rmsnorm_scale_cuda(void *out, const void *in, const void *w, cons
 /* x[M,D] += g[D] * y / sqrt(mean(y^2) + eps) * w[D] (g or w NULL: 1) */
 cudaError_t zi_rmsnorm_add_gated_cuda(void *x, const void *y, const void *w, const void *g, int M, int D, float eps,
                                       cudaStream_t stream);
+/* zi_rmsnorm_add_gated_cuda(x, y, w, g), then h[M,D] = zi_rmsnorm_scale_cuda(x, wn, s), in one kernel */
+cudaError_t zi_rmsnorm_add_gated_scale_cuda(void *x, void *h, const void *y, const void *w, const void *g,
+                                            const void *wn, const void *s, int M, int D, float eps,
+                                            cudaStream_t stream);
 /* out[M,D] = (in - mean) / sqrt(var + eps) */
 cudaError_t zi_layernorm_cuda(void *out, const void *in, int M, int D, float eps, cudaStream_t stream);
 /* out[B,C,HW] = groupnorm(in) (* gamma + beta) (then SiLU); stats: device double[2*B*G] scratch */

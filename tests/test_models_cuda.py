@@ -4,6 +4,8 @@ flash-attention rule applies: our error vs fp32 <= 2x the bf16 reference's error
 bf16-level bound. Skipped without a GPU."""
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +121,37 @@ def test_tiny_pipeline_cuda(tiny_pipeline):
     pipe.to("cpu")
     out = pipe(**kw).images
     assert float(np.abs(out - ref[cases["c6"]["keys"]["images"]]).max()) < 2e-3
+
+
+GRAPH_SCRIPT = r"""
+import ctypes, sys
+import numpy as np
+import zimage
+pipe = zimage.ZImagePipeline.from_pretrained(sys.argv[1]).to("cuda")
+pipe.set_progress_bar_config(disable=True)
+imgs = []
+for seed in (1, 2):  # the second call replays from its first step
+    imgs.append(pipe(prompt="a red fox in the snow", height=64, width=64, num_inference_steps=5, guidance_scale=0.0,
+                     generator=zimage.Generator().manual_seed(seed), output_type="np").images)
+replays = ctypes.CDLL(zimage._zimage.__file__).zi_cuda_graph_replays
+replays.restype = ctypes.c_ulong
+np.savez(sys.argv[2], images=np.stack(imgs), replays=replays())
+"""
+
+
+def test_recorded_transformer_equals_eager_cuda(tiny_pipeline, tmp_path):
+    """From the second step on, the transformer runs as a recorded CUDA graph (the first run with a set of
+    sizes is eager, the second is recorded): its images equal those of a process with graphs off
+    (ZIMAGE_GRAPHS=0, read when the backend starts), bit for bit, and graphs were really replayed."""
+    _, _, folder = tiny_pipeline
+    out = {}
+    for graphs in ("1", "0"):
+        env = dict(os.environ, ZIMAGE_GRAPHS=graphs)
+        env.pop("ZIMAGE_PROFILE", None), env.pop("ZIMAGE_SYNC", None)
+        path = tmp_path / f"graphs{graphs}.npz"
+        subprocess.run([sys.executable, "-c", GRAPH_SCRIPT, str(folder), str(path)], env=env, check=True, timeout=300)
+        out[graphs] = np.load(path)
+    assert int(out["1"]["replays"]) == 5 + 5 - 1, "steps 2-5 of the first call and all 5 of the second replay"
+    assert int(out["0"]["replays"]) == 0
+    assert np.array_equal(out["1"]["images"], out["0"]["images"])
+    assert np.isfinite(out["1"]["images"]).all() and out["1"]["images"].std() > 0

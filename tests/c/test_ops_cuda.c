@@ -390,6 +390,56 @@ done:
     if (gated) ten_free(t, &g);
 }
 
+/* rmsnorm_add_gated then rmsnorm_scale of the updated x, fused: both outputs checked */
+static void test_rmsnorm_add_gated_scale(T *t, int M, int D, int modulated) {
+    char name[96];
+    snprintf(name, sizeof name, "rmsnorm_add_gated_scale M=%d D=%d%s", M, D, modulated ? " g s" : " (g, s NULL)");
+    if (skip(name)) return;
+    Ten x, h, y, w, wn, g = {0}, s = {0};
+    ten_rand(t, &x, (size_t)M * D, -2, 2, 0); /* updated in place */
+    ten_out(t, &h, (size_t)M * D, 0);
+    ten_rand(t, &y, (size_t)M * D, -30, 30, 0);
+    ten_rand(t, &w, D, 0.5f, 1.5f, 0);
+    ten_rand(t, &wn, D, 0.5f, 1.5f, 0);
+    if (modulated) ten_rand(t, &g, D, -1, 1, 0), ten_rand(t, &s, D, 0.2f, 2.0f, 0);
+    t->cpu->ops->rmsnorm_add_gated_scale(t->cpu, x.c, h.c, y.c, w.c, g.c, wn.c, s.c, M, D, 1e-5f);
+    t->cpu->ops->rmsnorm_add_gated_scale(t->cpu, x.r, h.r, y.r, w.r, g.r, wn.r, s.r, M, D, 1e-5f);
+    GPU_OK(t, name, t->gpu->ops->rmsnorm_add_gated_scale(t->gpu, x.d, h.d, y.d, w.d, g.d, wn.d, s.d, M, D, 1e-5f));
+    check(t, name, &x);
+    check(t, name, &h);
+done:
+    ten_free(t, &x);
+    ten_free(t, &h);
+    ten_free(t, &y);
+    ten_free(t, &w);
+    ten_free(t, &wn);
+    if (modulated) ten_free(t, &g), ten_free(t, &s);
+}
+
+/* adaln_gates over R rows of [4D], in place as the DiT calls it, against one_plus / tanh */
+static void test_adaln_gates(T *t, int R, int D) {
+    char name[96];
+    snprintf(name, sizeof name, "adaln_gates R=%d D=%d", R, D);
+    if (skip(name)) return;
+    Ten m;
+    ten_rand(t, &m, (size_t)R * 4 * D, -4, 4, 0);
+    t->cpu->ops->adaln_gates(t->cpu, m.c, m.c, R, D);
+    t->cpu->ops->adaln_gates(t->cpu, m.r, m.r, R, D);
+    for (int d = 0; d < 4 * D; d++) { /* the last row by hand: the part an element falls in picks its function */
+        size_t i = (size_t)(R - 1) * 4 * D + d;
+        float want = (d / D) % 2 ? tanhf(m.h[i]) : 1.0f + m.h[i];
+        if (fabsf(m.c[i] - want) > 1e-6f * (1.0f + fabsf(want))) {
+            printf("%-44s FAIL  CPU op is not one_plus/tanh at element %d\n", name, d);
+            t->fail++;
+            goto done;
+        }
+    }
+    GPU_OK(t, name, t->gpu->ops->adaln_gates(t->gpu, m.d, m.d, R, D));
+    check(t, name, &m);
+done:
+    ten_free(t, &m);
+}
+
 static void test_swiglu_pair(T *t, int M, int F, int off) {
     char name[96];
     snprintf(name, sizeof name, "swiglu_pair M=%d F=%d%s", M, F, off ? " unaligned" : "");
@@ -1101,6 +1151,11 @@ int main(int argc, char **argv) {
     test_rmsnorm_add_gated(&t, 5, 3840, 1);
     test_rmsnorm_add_gated(&t, 3, 7, 1);
     test_rmsnorm_add_gated(&t, 4, 64, 0);
+    test_rmsnorm_add_gated_scale(&t, 5, 3840, 1);
+    test_rmsnorm_add_gated_scale(&t, 3, 7, 1);
+    test_rmsnorm_add_gated_scale(&t, 4, 64, 0);
+    test_adaln_gates(&t, 3, 3840);
+    test_adaln_gates(&t, 2, 5);
     test_swiglu_pair(&t, 5, 10240, 0);
     test_swiglu_pair(&t, 3, 7, 0);
     test_swiglu_pair(&t, 4, 64, 1);
