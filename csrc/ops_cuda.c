@@ -646,6 +646,10 @@ static zi_status cuda_matmul(ZiBackend *be, void *out, const void *in, const voi
     if (K <= 0) return zi_fail(ZI_ERR_ARG, "matmul: reduction size K = %d", K);
     int done = 0, epi_bias = bias && ((uintptr_t)bias & 15u) == 0;
     if (cu->profile) snprintf(cu->prof_key, sizeof cu->prof_key, "matmul M=%d K=%d N=%d", M, K, N);
+    if (zi_gemv_suits(in, w, M, K)) { /* a few rows: memory-bound, our kernel reads w at full bandwidth */
+        CU_TRY(zi_gemv_cuda(out, in, w, bias, M, K, N, STREAM(cu)));
+        return op_end(cu, "matmul");
+    }
     pthread_mutex_lock(&cu->lock);
     st = lt_matmul(cu, N, M, K, w, K, 1, in, K, 0, out, N, 0, epi_bias ? bias : NULL, 1.0f, 0.0f, &done);
     pthread_mutex_unlock(&cu->lock);

@@ -107,6 +107,59 @@ __global__ void rmsnorm_add_gated_scale_kernel(bf16 *x, bf16 *h, const bf16 *y, 
     row_write<VEC>(h + (size_t)m * D, xr, wn, s, D, 0.0f, rsqrtf(sx / D + eps));
 }
 
+/* The same op with the row held in registers: one block of ROWREG_THREADS per row, each thread
+   keeping up to ROWREG_CHUNKS 8-element chunks of y and of the updated x, so y and x are read once
+   and x and h written once (D % 8 == 0, D <= 8 * ROWREG_THREADS * ROWREG_CHUNKS; the DiT's 3840). */
+#define ROWREG_THREADS 128
+#define ROWREG_CHUNKS 4
+__global__ void __launch_bounds__(ROWREG_THREADS) rmsnorm_add_gated_scale_reg_kernel(
+    bf16 *x, bf16 *h, const bf16 *y, const bf16 *w, const bf16 *g, const bf16 *wn, const bf16 *s, int D, float eps) {
+    __shared__ float red[32];
+    size_t row = (size_t)blockIdx.x * D;
+    int nch = D / 8;
+    float yv[ROWREG_CHUNKS][8], xv[ROWREG_CHUNKS][8];
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ROWREG_CHUNKS; i++) {
+        int c = threadIdx.x + i * ROWREG_THREADS;
+        if (c < nch) {
+            ld8(yv[i], y + row + 8 * c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += yv[i][j] * yv[i][j];
+        }
+    }
+    float r = rsqrtf(block_sum(ss, red) / D + eps);
+    float sx = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ROWREG_CHUNKS; i++) {
+        int c = threadIdx.x + i * ROWREG_THREADS;
+        if (c < nch) {
+            float wv[8] = {1, 1, 1, 1, 1, 1, 1, 1}, gv[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+            ld8(xv[i], x + row + 8 * c);
+            if (w) ld8(wv, w + 8 * c);
+            if (g) ld8(gv, g + 8 * c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) xv[i][j] = b2f(f2b(xv[i][j] + gv[j] * (yv[i][j] * r * wv[j]))); /* as stored */
+            st8(x + row + 8 * c, xv[i]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) sx += xv[i][j] * xv[i][j];
+        }
+    }
+    float r2 = rsqrtf(block_sum(sx, red) / D + eps);
+#pragma unroll
+    for (int i = 0; i < ROWREG_CHUNKS; i++) {
+        int c = threadIdx.x + i * ROWREG_THREADS;
+        if (c < nch) {
+            float wv[8] = {1, 1, 1, 1, 1, 1, 1, 1}, sv[8] = {1, 1, 1, 1, 1, 1, 1, 1}, o[8];
+            if (wn) ld8(wv, wn + 8 * c);
+            if (s) ld8(sv, s + 8 * c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) o[j] = xv[i][j] * r2 * wv[j] * sv[j];
+            st8(h + row + 8 * c, o);
+        }
+    }
+}
+
 /* out[m,:] = (in[m,:] - mean) * rsqrt(var + eps), var from a second pass over (x - mean)^2 */
 template <bool VEC>
 __global__ void layernorm_kernel(bf16 *out, const bf16 *in, int M, int D, float eps) {
@@ -158,7 +211,12 @@ extern "C" cudaError_t zi_rmsnorm_add_gated_scale_cuda(void *x, void *h, const v
                                                        cudaStream_t stream) {
     if (M == 0 || D == 0) return cudaSuccess;
     unsigned grid = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-    if (row_vec_ok(x, y, w, D) && row_vec_ok(h, wn, g, D) && (!s || is_aligned16(s)))
+    bool vec = row_vec_ok(x, y, w, D) && row_vec_ok(h, wn, g, D) && (!s || is_aligned16(s));
+    if (vec && D <= 8 * ROWREG_THREADS * ROWREG_CHUNKS && M <= 0x7fffffff)
+        rmsnorm_add_gated_scale_reg_kernel<<<(unsigned)M, ROWREG_THREADS, 0, stream>>>(
+            (bf16 *)x, (bf16 *)h, (const bf16 *)y, (const bf16 *)w, (const bf16 *)g, (const bf16 *)wn, (const bf16 *)s,
+            D, eps);
+    else if (vec)
         rmsnorm_add_gated_scale_kernel<true><<<grid, 32 * ROWS_PER_BLOCK, 0, stream>>>(
             (bf16 *)x, (bf16 *)h, (const bf16 *)y, (const bf16 *)w, (const bf16 *)g, (const bf16 *)wn, (const bf16 *)s,
             M, D, eps);

@@ -134,6 +134,10 @@ cudaError_t zi_softmax_rows_cuda(void *p, const float *s, int rows, int cols, in
 
 /* ---- matmul fallback (matmul.cu) ---- */
 /* out[M,N] = in[M,K] @ w[N,K]^T (+ bias[N]); plain tiled kernel used only when cuBLASLt finds no algorithm */
+/* out[M,N] = in[M,K] @ w[N,K]^T (+ bias[N]) for M <= 4 rows (zi_gemv_suits: K % 8 == 0, in and w 16-byte aligned) */
+int zi_gemv_suits(const void *in, const void *w, int M, int K);
+cudaError_t zi_gemv_cuda(void *out, const void *in, const void *w, const void *bias, int M, int K, int N,
+                         cudaStream_t stream);
 cudaError_t zi_matmul_fallback_cuda(void *out, const void *in, const void *w, const void *bias, int M, int K, int N,
                                     cudaStream_t stream);
 

@@ -1081,6 +1081,10 @@ int main(int argc, char **argv) {
     test_upload_weight(&t, ZI_DT_BF16, (size_t)17 << 20);
 
     test_matmul(&t, 1, 64, 64, 0, 0);
+    test_matmul(&t, 1, 256, 15360, 1, 0); /* the gemv path: DiT adaLN */
+    test_matmul(&t, 3, 1024, 77, 1, 0);
+    test_matmul(&t, 4, 2568, 40, 0, 0);
+    test_matmul(&t, 2, 64, 33, 1, 1);    /* unaligned: cuBLASLt or the fallback */
     test_matmul(&t, 7, 33, 17, 1, 0);
     test_matmul(&t, 130, 256, 96, 1, 0);
     test_matmul(&t, 257, 384, 200, 0, 0);
@@ -1154,6 +1158,7 @@ int main(int argc, char **argv) {
     test_rmsnorm_add_gated_scale(&t, 5, 3840, 1);
     test_rmsnorm_add_gated_scale(&t, 3, 7, 1);
     test_rmsnorm_add_gated_scale(&t, 4, 64, 0);
+    test_rmsnorm_add_gated_scale(&t, 2, 4104, 1); /* wider than the register-resident kernel takes */
     test_adaln_gates(&t, 3, 3840);
     test_adaln_gates(&t, 2, 5);
     test_swiglu_pair(&t, 5, 10240, 0);
