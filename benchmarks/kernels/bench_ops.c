@@ -40,7 +40,7 @@ static void *rand_buf(ZiBackend *be, size_t n, float amp) {
 }
 
 /* conv cases: a = Ci, b = H = W of the conv's input, c = Co, d = k; e = variant: -1 im2col, 0 auto tile,
-   1..8 tile (kernels/conv.cu), CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only */
+   1..12 tile (kernels/conv.cu), CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only */
 enum { CONV_GN = 100, CONV_UP, CONV_PACK };
 typedef enum { B_MATMUL, B_ATTN, B_CONV } Kind;
 typedef struct { Kind kind; int a, b, c, d, e; char what[64]; } Case;
@@ -50,7 +50,7 @@ static void conv_env(int variant) {
     unsetenv("ZIMAGE_CONV");
     unsetenv("ZIMAGE_CONV_TILE");
     if (variant == -1) setenv("ZIMAGE_CONV", "im2col", 1);
-    if (variant >= 1 && variant <= 8) {
+    if (variant >= 1 && variant <= 12) {
         snprintf(buf, sizeof buf, "%d", variant);
         setenv("ZIMAGE_CONV", "igemm", 1);
         setenv("ZIMAGE_CONV_TILE", buf, 1);
@@ -100,12 +100,12 @@ int main(int argc, char **argv) {
     static const int shapes[][4] = {{512, 128, 512, 3}, {512, 256, 512, 3}, {512, 512, 512, 3}, {512, 512, 256, 3},
                                     {256, 512, 256, 3}, {256, 1024, 256, 3}, {256, 1024, 128, 3}, {128, 1024, 128, 3},
                                     {128, 1024, 3, 3},  {16, 128, 512, 3},   {256, 1024, 128, 1}, {512, 512, 256, 1}};
-    static const int variants[] = {-1, 0, 1, 4, 5, 6, 7, 8};
+    static const int variants[] = {0, 4, 9, 10, 11, 12}; /* im2col (-1), 1, 5, 7, 8: README */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int *sh = shapes[i];
         for (size_t v = 0; v < sizeof variants / sizeof variants[0]; v++) {
             int var = variants[v];
-            if ((var == 6) != (sh[2] <= 32) && var > 0) continue; /* t6 is the small-Co tile */
+            if (var > 0 && (sh[2] <= 32 || sh[0] < 64)) continue; /* conv_in, conv_out: auto only (t1, t6) */
             Case *c = &cases[ncases++];
             *c = (Case){B_CONV, sh[0], sh[1], sh[2], sh[3], var, ""};
             snprintf(c->what, sizeof c->what, "conv%dx%d %d->%d @%d %s%.0d", sh[3], sh[3], sh[0], sh[2], sh[1],

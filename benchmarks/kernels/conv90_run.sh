@@ -1,0 +1,31 @@
+#!/bin/bash
+# One device call for the sm_90a (wgmma) convolution work in kernels/conv.cu, within ~200 s: the binaries
+# come prebuilt in $PRE or $PRE.tar.xz (built off the device: make -C benchmarks/kernels ARCH="80 90a" all) or are built
+# here when they do not run. Parity test (ZIMAGE_SYNC=1), the conv benchmarks (auto, mma.sync tile 4, the
+# wgmma tiles 9-12), whole 1024^2 decodes (auto = wgmma, then ZIMAGE_CONV_SM90=0 = the mma.sync kernel,
+# then each conv forced to wgmma tile 10 and 12), and compute-sanitizer memcheck over the 7x13 wgmma cases.
+# Usage (repo root): OUT=/tmp/out PRE=prebuilt bash benchmarks/kernels/conv90_run.sh
+set -u
+OUT=${OUT:-/tmp/zi_conv90_out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/../.." || exit 1
+nvidia-smi -L
+python3 benchmarks/kernels/make_vae_checkpoint.py /tmp/zi_vae > /tmp/zi_ckpt.log 2>&1 &
+CK=$!
+B=${PRE:-prebuilt}
+[ -d "$B" ] || { mkdir -p "$B" && xz -dc "$B.tar.xz" | tar xf - -C "$B"; }
+if ! $B/test_ops_cuda no-such-case > /dev/null 2>&1; then
+    echo "prebuilt binaries do not run: building"
+    (time make -C benchmarks/kernels -j16 ARCH=90a all) > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+    B=build/kernels-make
+fi
+ZIMAGE_SYNC=1 timeout 60 $B/test_ops_cuda ${TFILTER:-} > "$OUT/test.log" 2>&1
+echo "test rc=$?"; grep -E "FAIL|passed" "$OUT/test.log" | head -20
+timeout 70 $B/bench_ops ${BFILTER:-conv} > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
+wait $CK; cat /tmp/zi_ckpt.log
+timeout 20 $B/bench_vae /tmp/zi_vae > "$OUT/vae.log" 2>&1; echo "bench_vae rc=$?"
+ZIMAGE_CONV_SM90=0 timeout 20 $B/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv auto, ZIMAGE_CONV_SM90=0)/" >> "$OUT/vae.log" 2>&1
+for t in ${TILES:-}; do ZIMAGE_CONV_TILE=$t timeout 20 $B/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv tile $t)/" >> "$OUT/vae.log" 2>&1; done
+timeout 45 compute-sanitizer --tool memcheck $B/test_ops_cuda "7x13 Co=320" > "$OUT/memcheck.log" 2>&1
+echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log"
+cat "$OUT/bench.log"; grep -E "VAE decode|per kind|sum of|conv" "$OUT/vae.log" | head -60
