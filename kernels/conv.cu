@@ -605,15 +605,28 @@ struct PackNorm {
     const float2 *stats;  /* [B*G] (mean, rstd), NULL: no normalisation */
     const bf16 *gamma, *beta;
     int G, CG, silu;
-    __device__ float operator()(float v, int b, int c) const {
-        if (!stats) return v;
+    /* channel c of image b's parameters, loaded once for all its pixels */
+    struct Chan {
+        float mean, rstd, gamma, beta;
+    };
+    __device__ Chan chan(int b, int c) const {
+        Chan k = {0.0f, 1.0f, 1.0f, 0.0f};
+        if (!stats) return k;
         float2 s = stats[b * G + c / CG];
-        float t = (v - s.x) * s.y;
-        if (gamma) t *= b2f(gamma[c]);
-        if (beta) t += b2f(beta[c]);
+        k.mean = s.x, k.rstd = s.y;
+        if (gamma) k.gamma = b2f(gamma[c]);
+        if (beta) k.beta = b2f(beta[c]);
+        return k;
+    }
+    __device__ float operator()(float v, const Chan &k) const {
+        if (!stats) return v;
+        float t = (v - k.mean) * k.rstd;
+        if (gamma) t *= k.gamma;
+        if (beta) t += k.beta;
         if (silu) t = t / (1.0f + expf(-t));
         return t;
     }
+    __device__ float operator()(float v, int b, int c) const { return (*this)(v, chan(b, c)); }
 };
 
 /* fast path: C % 32 == 0, HW % 8 == 0, 16-byte aligned in. Block = 256 threads over 32 channels x 512
@@ -628,8 +641,9 @@ __global__ void conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, in
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         ld8(v[j], in + ((size_t)b * C + c + j) * plane + p);
+        const PackNorm::Chan k = f.chan(b, c + j); /* one parameter load per channel, not per element */
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[j][i] = f(v[j][i], b, c + j);
+        for (int i = 0; i < 8; i++) v[j][i] = f(v[j][i], k);
     }
 #pragma unroll
     for (int i = 0; i < 8; i++) {

@@ -3,7 +3,9 @@
 # come prebuilt in $PRE or $PRE.tar.xz (built off the device: make -C benchmarks/kernels ARCH="80 90a" all) or are built
 # here when they do not run. Parity test (ZIMAGE_SYNC=1), the conv benchmarks (auto, mma.sync tile 4, the
 # wgmma tiles 9-12), whole 1024^2 decodes (auto = wgmma, then ZIMAGE_CONV_SM90=0 = the mma.sync kernel,
-# then each conv forced to wgmma tile 10 and 12), and compute-sanitizer memcheck over the 7x13 wgmma cases.
+# then each conv forced to the tiles in $TILES; BASE=<filter>: those bench_ops cases again with
+# ZIMAGE_CONV_SM90=0; OLD=<dir>: decodes and conv benchmarks with the binaries in <dir>.tar.xz built
+# from an earlier commit, between two decodes of these), and compute-sanitizer memcheck over the 7x13 wgmma cases.
 # Usage (repo root): OUT=/tmp/out PRE=prebuilt bash benchmarks/kernels/conv90_run.sh
 set -u
 OUT=${OUT:-/tmp/zi_conv90_out}
@@ -22,10 +24,17 @@ fi
 ZIMAGE_SYNC=1 timeout 60 $B/test_ops_cuda ${TFILTER:-} > "$OUT/test.log" 2>&1
 echo "test rc=$?"; grep -E "FAIL|passed" "$OUT/test.log" | head -20
 timeout 70 $B/bench_ops ${BFILTER:-conv} > "$OUT/bench.log" 2>&1; echo "bench rc=$?"
+[ -n "${BASE:-}" ] && { echo "--- ZIMAGE_CONV_SM90=0"; ZIMAGE_CONV_SM90=0 timeout 40 $B/bench_ops "$BASE"; } >> "$OUT/bench.log" 2>&1
 wait $CK; cat /tmp/zi_ckpt.log
 timeout 20 $B/bench_vae /tmp/zi_vae > "$OUT/vae.log" 2>&1; echo "bench_vae rc=$?"
 ZIMAGE_CONV_SM90=0 timeout 20 $B/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv auto, ZIMAGE_CONV_SM90=0)/" >> "$OUT/vae.log" 2>&1
+if [ -n "${OLD:-}" ]; then # binaries of the commit before this work ($OLD.tar.xz): the "before" numbers, same machine
+    mkdir -p "$OLD" && xz -dc "$OLD.tar.xz" | tar xf - -C "$OLD"
+    timeout 20 $OLD/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv auto, before: $OLD)/" >> "$OUT/vae.log" 2>&1
+    echo "--- before ($OLD)" >> "$OUT/bench.log"; timeout 40 $OLD/bench_ops "${OLDFILTER:-igemm}" >> "$OUT/bench.log" 2>&1
+    timeout 20 $B/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv auto, again)/" >> "$OUT/vae.log" 2>&1
+fi
 for t in ${TILES:-}; do ZIMAGE_CONV_TILE=$t timeout 20 $B/bench_vae /tmp/zi_vae | sed "s/(conv auto)/(conv tile $t)/" >> "$OUT/vae.log" 2>&1; done
 timeout 45 compute-sanitizer --tool memcheck $B/test_ops_cuda "7x13 Co=320" > "$OUT/memcheck.log" 2>&1
 echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log"
-cat "$OUT/bench.log"; grep -E "VAE decode|per kind|sum of|conv" "$OUT/vae.log" | head -60
+cat "$OUT/bench.log"; grep -E "VAE decode|per kind|sum of" "$OUT/vae.log"; head -30 "$OUT/vae.log"
