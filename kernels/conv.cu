@@ -18,6 +18,12 @@
  * Epilogue: + bias, round to bf16, transpose through shared memory, 16-byte NCHW stores, optionally
  * + a residual (rounded again, as a separate add would). Needs Ci % 8 == 0 and 16-byte aligned x and w
  * (the packed scratch); any Co, k, pad, H, W, B.
+ *
+ * conv_wgmma_kernel<WGS, BN, STAGES, MINB> (sm_90a): the same GEMM, same k-blocks and epilogue, on
+ * Hopper's wgmma (64 x BN per warpgroup, operands from 128-byte-swizzled shared memory written by
+ * cp.async); ~1.6x the mma.sync kernel on H100. Taken on compute capability 9.x when the loaded binary
+ * has sm_90a code (conv90_probe_kernel) and ZIMAGE_CONV_SM90 is not 0; every other device keeps the
+ * mma.sync tiles (sm_86/89: the 99 KB ones).
  */
 #include "mma.cuh"
 
@@ -629,28 +635,43 @@ struct PackNorm {
     __device__ float operator()(float v, int b, int c) const { return (*this)(v, chan(b, c)); }
 };
 
-/* fast path: C % 32 == 0, HW % 8 == 0, 16-byte aligned in. Block = 256 threads over 32 channels x 512
-   pixels of image blockIdx.z; lane (cq = lane % 4, pq = lane / 4): an 8x8 block of 8 channels x 8 pixels,
-   read as 8 rows of 16 bytes (a warp reads 128 contiguous bytes per channel), transposed in registers,
-   written as 8 pixels of 16 bytes (a warp writes 64 contiguous bytes per pixel). */
-__global__ void conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW, size_t plane, PackNorm f) {
-    int b = blockIdx.z, c = blockIdx.y * 32 + (threadIdx.x % 4) * 8;
-    int p = (blockIdx.x * 64 + threadIdx.x / 4) * 8;
-    if (p >= HW) return;
-    float v[8][8]; /* [channel][pixel] */
+/* fast path: C % 32 == 0, HW % 8 == 0, 16-byte aligned in and nhwc, through a shared-memory tile
+   (it beat a register-transpose kernel: benchmarks/kernels/README.md). Block = 256 threads over 32
+   channels x 256 pixels of image blockIdx.z. Load: warp w reads channel rows w, w+8, w+16, w+24 (512
+   contiguous bytes each; the channel's parameters loaded once per row), normalises them and stores
+   them as rows of Ts[32][256] (16-byte chunk pc of row ch at chunk pc ^ (ch / 8), so the column reads
+   below hit 4 different bank groups). Store: thread (pixel tid/4 + 64k, channels 8 (tid % 4) ..)
+   gathers 8 channels from the tile and writes 16 bytes (a warp writes 8 pixels x 64 contiguous bytes). */
+__global__ void __launch_bounds__(256) conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW,
+                                                                   size_t plane, PackNorm f) {
+    __shared__ __align__(16) bf16 Ts[32 * 256];
+    const int b = blockIdx.z, c0 = blockIdx.y * 32, p0 = blockIdx.x * 256, tid = threadIdx.x;
+    const int pc = tid % 32; /* the 8-pixel chunk this thread loads */
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        ld8(v[j], in + ((size_t)b * C + c + j) * plane + p);
-        const PackNorm::Chan k = f.chan(b, c + j); /* one parameter load per channel, not per element */
+    for (int k = 0; k < 4; k++) {
+        int ch = tid / 32 + 8 * k;
+        if (p0 + pc * 8 >= HW) continue;
+        float v[8];
+        ld8(v, in + ((size_t)b * C + c0 + ch) * plane + p0 + pc * 8);
+        const PackNorm::Chan kc = f.chan(b, c0 + ch);
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[j][i] = f(v[j][i], k);
+        for (int i = 0; i < 8; i++) v[i] = f(v[i], kc);
+        st8(Ts + ch * 256 + ((pc ^ (ch / 8)) * 8), v);
     }
+    __syncthreads(); /* the whole tile is normalised and in shared memory before its columns are read */
+    const int cg = tid % 4;
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        float o[8];
+    for (int k = 0; k < 4; k++) {
+        int px = tid / 4 + 64 * k;
+        if (p0 + px >= HW) continue;
+        uint4 u;
+        bf16 *h = reinterpret_cast<bf16 *>(&u);
 #pragma unroll
-        for (int j = 0; j < 8; j++) o[j] = v[j][i];
-        st8(nhwc + ((size_t)b * HW + p + i) * C + c, o);
+        for (int j = 0; j < 8; j++) {
+            int ch = cg * 8 + j;
+            h[j] = Ts[ch * 256 + (((px / 8) ^ (ch / 8)) * 8) + px % 8];
+        }
+        *reinterpret_cast<uint4 *>(nhwc + ((size_t)b * HW + p0 + px) * C + c0 + cg * 8) = u;
     }
 }
 
@@ -674,7 +695,7 @@ extern "C" cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B
     PackNorm f = {(const float2 *)stats, (const bf16 *)gamma, (const bf16 *)beta, stats ? G : 1, stats ? C / G : C, silu};
     if (C % 32 == 0 && HW % 8 == 0 && plane % 8 == 0 && is_aligned16(in) && is_aligned16(nhwc) && B <= 65535 &&
         C / 32 <= 65535) {
-        dim3 grid((unsigned)((HW + 511) / 512), (unsigned)(C / 32), (unsigned)B);
+        dim3 grid((unsigned)((HW + 255) / 256), (unsigned)(C / 32), (unsigned)B);
         conv_pack_input_vec_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, plane, f);
     } else {
         conv_pack_input_kernel<<<grid_for((size_t)B * C * HW, 256), 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B,
