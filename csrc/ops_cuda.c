@@ -997,7 +997,8 @@ typedef struct ConvPre {
    through im2col + cuBLASLt, "igemm" every conv with Ci % 8 == 0 through the implicit-GEMM kernel;
    unset (auto): the implicit GEMM except an unpadded 1x1 conv without a pre step, which is a plain
    cuBLASLt GEMM on the NCHW input. ZIMAGE_CONV_TILE=<id> picks the kernel's tile configuration
-   (the ids of CONV_CFG_LIST in kernels/conv.cu). */
+   (the ids of CONV_CFG_LIST, and of CONV90_CFG_LIST on sm_90a, in kernels/conv.cu); ZIMAGE_CONV_SM90=0
+   (read once, in conv.cu) keeps Hopper on the mma.sync tiles. */
 enum { CONV_AUTO, CONV_IM2COL, CONV_IGEMM };
 static int conv_mode(void) {
     const char *s = getenv("ZIMAGE_CONV");

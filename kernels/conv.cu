@@ -18,8 +18,16 @@
  * Epilogue: + bias, round to bf16, transpose through shared memory, 16-byte NCHW stores, optionally
  * + a residual (rounded again, as a separate add would). Needs Ci % 8 == 0 and 16-byte aligned x and w
  * (the packed scratch); any Co, k, pad, H, W, B.
+ *
+ * conv_wgmma_kernel<WGS, BN, STAGES, MINB> (sm_90a): the same GEMM, same k-blocks and epilogue, on
+ * Hopper's wgmma (64 x BN per warpgroup, operands from 128-byte-swizzled shared memory written by
+ * cp.async); ~1.6x the mma.sync kernel on H100. Taken on compute capability 9.x when the loaded binary
+ * has sm_90a code (conv90_probe_kernel) and ZIMAGE_CONV_SM90 is not 0; every other device keeps the
+ * mma.sync tiles (sm_86/89: the 99 KB ones).
  */
 #include "mma.cuh"
+
+#include <stdlib.h>
 
 // ----------------------------------------------------------------------------------------------
 // implicit-GEMM convolution
@@ -57,6 +65,40 @@ struct ConvCfg {
     static_assert(BK % 16 == 0 && NT % CPR == 0 && BM % RSTEP == 0 && BN % RSTEP == 0, "tile shape");
     static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: whole m16 tiles and pairs of n8 tiles");
 };
+
+/* The epilogue's stores: Cs[n][m] (row stride ldc) holds the block's BM x BN output tile, already + bias and
+   rounded to bf16; out[b, co, pix] = Cs (+ res, rounded again: what a separate add op computes) for 8 pixels
+   per step: one 16-byte access when they are in one image and aligned. NT threads. */
+template <int BM, int BN, int NT>
+static __device__ __forceinline__ void conv_store_tile(const ConvArgs &p, const bf16 *Cs, int ldc, int m0, int n0) {
+    const int HoWo = p.Ho * p.Wo;
+    for (int i = threadIdx.x; i < BN * (BM / 8); i += NT) {
+        int n = i / (BM / 8), mc = (i % (BM / 8)) * 8, co = n0 + n, m = m0 + mc;
+        if (co >= p.Co || m >= p.M) continue;
+        const bf16 *src = Cs + n * ldc + mc;
+        if (p.out_vec) { /* M and HoWo are multiples of 8: the 8 pixels exist and share an image */
+            int b = m / HoWo;
+            size_t o = ((size_t)b * p.Co + co) * p.out_plane + (size_t)p.y0 * p.Wo + (m - b * HoWo);
+            uint4 v = *reinterpret_cast<const uint4 *>(src);
+            if (p.res) {
+                float a[8], r[8];
+                ld8(a, reinterpret_cast<const bf16 *>(&v));
+                ld8(r, p.res + o);
+#pragma unroll
+                for (int j = 0; j < 8; j++) a[j] += r[j];
+                st8(p.out + o, a);
+            } else {
+                *reinterpret_cast<uint4 *>(p.out + o) = v;
+            }
+        } else {
+            for (int j = 0; j < 8 && m + j < p.M; j++) {
+                int b = (m + j) / HoWo;
+                size_t o = ((size_t)b * p.Co + co) * p.out_plane + (size_t)p.y0 * p.Wo + (m + j - b * HoWo);
+                p.out[o] = p.res ? f2b(b2f(src[j]) + b2f(p.res[o])) : src[j];
+            }
+        }
+    }
+}
 
 template <int BM, int BN, int BK, int WM, int WN, int STAGES>
 __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
@@ -171,34 +213,7 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
     }
     __syncthreads(); /* the whole output tile is in shared memory before rows of it are stored */
 
-    /* out[b, co, pix] for 8 pixels per step (+ res, rounded again: what a separate add op computes):
-       one 16-byte access when they are in one image and aligned */
-    for (int i = tid; i < BN * (BM / 8); i += C::NT) {
-        int n = i / (BM / 8), mc = (i % (BM / 8)) * 8, co = n0 + n, m = m0 + mc;
-        if (co >= p.Co || m >= p.M) continue;
-        const bf16 *src = Cs + n * C::LDC + mc;
-        if (p.out_vec) { /* M and HoWo are multiples of 8: the 8 pixels exist and share an image */
-            int b = m / HoWo;
-            size_t o = ((size_t)b * p.Co + co) * p.out_plane + (size_t)p.y0 * p.Wo + (m - b * HoWo);
-            uint4 v = *reinterpret_cast<const uint4 *>(src);
-            if (p.res) {
-                float a[8], r[8];
-                ld8(a, reinterpret_cast<const bf16 *>(&v));
-                ld8(r, p.res + o);
-#pragma unroll
-                for (int j = 0; j < 8; j++) a[j] += r[j];
-                st8(p.out + o, a);
-            } else {
-                *reinterpret_cast<uint4 *>(p.out + o) = v;
-            }
-        } else {
-            for (int j = 0; j < 8 && m + j < p.M; j++) {
-                int b = (m + j) / HoWo;
-                size_t o = ((size_t)b * p.Co + co) * p.out_plane + (size_t)p.y0 * p.Wo + (m + j - b * HoWo);
-                p.out[o] = p.res ? f2b(b2f(src[j]) + b2f(p.res[o])) : src[j];
-            }
-        }
-    }
+    conv_store_tile<BM, BN, C::NT>(p, Cs, C::LDC, m0, n0);
 }
 
 /* one tile configuration: its kernel, shared memory and grid */
@@ -215,9 +230,299 @@ static cudaError_t launch_igemm(ConvArgs p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
+// ----------------------------------------------------------------------------------------------
+// sm_90a: the same implicit GEMM on wgmma (Hopper's asynchronous warpgroup MMA)
+//
+// conv_wgmma_kernel<WGS, BN, STAGES, MINB>: block tile BM = 64*WGS pixels x BN output channels, WGS
+// warpgroups (128 threads each); warpgroup w owns pixel rows 64w .. 64w+63 and all BN channels: one
+// wgmma m64nBNk16 per 16 channels, A (pixels x channels) and B (channels of the weights) both K-major
+// in shared memory with the 128-byte swizzle (k-block BK = 64 channels = one 128-byte row per pixel /
+// output channel; 16-byte chunk c of row r sits at chunk c ^ (r % 8); 8-row groups 1024 bytes apart).
+// The k-blocks are those of conv_igemm_kernel (one tap x 64 channels), written by every thread with
+// zero-filling 16-byte cp.async straight into the swizzled layout (a tap's pixel rows are not a TMA box).
+// Pipeline of STAGES stages: k-block kb+STAGES-2 is loaded while wgmma kb runs and wgmma kb-1 may still
+// be in flight (wgmma.wait_group 1), so a stage is refilled only after every warpgroup retired it.
+// Epilogue as conv_igemm_kernel's (conv_store_tile). Compiled for every arch; the body only exists in
+// sm_90a code, and conv90_probe_kernel tells the host whether the loaded binary has it.
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CONV90_DEVICE_CODE 1
+#endif
+
+template <int WGS, int BN, int STAGES>
+struct Conv90Cfg {
+    static constexpr int BM = 64 * WGS;                     /* pixels: 64 per warpgroup             */
+    static constexpr int BK = 64;                           /* channels per k-block (128-byte rows) */
+    static constexpr int NT = 128 * WGS;                    /* threads                              */
+    static constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE_BYTES = A_BYTES + B_BYTES;
+    static constexpr int RSTEP = NT / 8;                    /* rows one pass of threads loads       */
+    static constexpr int A_ROWS = BM / RSTEP, B_ROWS = BN / RSTEP; /* rows per thread               */
+    static constexpr int LDC = BM + 8;                      /* epilogue tile [BN][BM] stride        */
+    static constexpr size_t PIPE = (size_t)STAGES * STAGE_BYTES, EPI = 2 * (size_t)BN * LDC;
+    static constexpr size_t SMEM = 1024 + (PIPE > EPI ? PIPE : EPI); /* + alignment to 1024 bytes   */
+    static_assert(STAGES >= 3 && (BN == 128 || BN == 256) && BM % RSTEP == 0 && BN % RSTEP == 0 && RSTEP % 8 == 0,
+                  "tile shape");
+};
+
+#ifdef CONV90_DEVICE_CODE
+/* wgmma shared-memory matrix descriptor, 128-byte swizzle (layout type 1, bits 62-63): start address,
+   leading byte offset (unused by the swizzled K-major layout, 16), stride byte offset 1024 between 8-row
+   groups; all >> 4. Base offset 0: every tile starts 1024-byte aligned. */
+static __device__ __forceinline__ uint64_t conv90_desc(uint32_t addr) {
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)(16 >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
+           (uint64_t)1 << 62;
+}
+static __device__ __forceinline__ void conv90_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void conv90_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+static __device__ __forceinline__ void conv90_wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* this thread's completed cp.async writes to shared memory become visible to the async proxy (wgmma) */
+static __device__ __forceinline__ void conv90_fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+#define CONV90_D64_STR \
+    "{" \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" \
+    "}"
+#define CONV90_D64_OPS(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+
+#define CONV90_D128_STR \
+    "{" \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127" \
+    "}"
+#define CONV90_D128_OPS(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+    "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+    "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+    "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
+    "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
+    "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
+    "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+
+/* d[64 x N] += A[64 x 16] B[16 x N], A and B K-major in shared memory (descriptors da, db) */
+template <int N>
+static __device__ __forceinline__ void conv90_wgmma(float (&d)[N / 2], uint64_t da, uint64_t db);
+template <>
+__device__ __forceinline__ void conv90_wgmma<128>(float (&d)[64], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n" /* scale-d: accumulate */
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " CONV90_D64_STR ", %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : CONV90_D64_OPS(d)
+        : "l"(da), "l"(db), "r"(1));
+}
+template <>
+__device__ __forceinline__ void conv90_wgmma<256>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n" /* scale-d: accumulate */
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " CONV90_D128_STR ", %128, %129, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : CONV90_D128_OPS(d)
+        : "l"(da), "l"(db), "r"(1));
+}
+#endif /* CONV90_DEVICE_CODE */
+
+template <int WGS, int BN, int STAGES, int MINB>
+__global__ void __launch_bounds__(WGS * 128, MINB) conv_wgmma_kernel(ConvArgs p) {
+#ifdef CONV90_DEVICE_CODE
+    using C = Conv90Cfg<WGS, BN, STAGES>;
+    constexpr int BM = C::BM, BK = C::BK;
+    extern __shared__ __align__(16) unsigned char conv90_smem[];
+    unsigned char *base = conv90_smem + ((1024 - (smem_u32(conv90_smem) & 1023)) & 1023); /* 1024-byte aligned */
+    const uint32_t sbase = smem_u32(base);
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp_in_wg = (tid / 32) % 4;
+    const int tile_n = blockIdx.x % p.tiles_n, tile_m = blockIdx.x / p.tiles_n; /* n fastest: A tile shared in L2 */
+    const int m0 = tile_m * BM, n0 = tile_n * BN, q = tid % 8, r0 = tid / 8;
+    const int HoWo = p.Ho * p.Wo, kk = p.k * p.k, cpt = (p.Ci + BK - 1) / BK, nk = kk * cpt;
+    /* rows r0 + i*RSTEP all have r % 8 == r0 % 8 (RSTEP % 8 == 0): one swizzled chunk offset per thread */
+    const int chunk_off = ((q ^ (r0 % 8)) * 16);
+
+    /* this thread's A rows: output pixels, as conv_igemm_kernel's (image offset, y << 16 | x, 0x7fff: none) */
+    int a_img[C::A_ROWS], a_yx[C::A_ROWS];
+#pragma unroll
+    for (int i = 0; i < C::A_ROWS; i++) {
+        int m = m0 + r0 + i * C::RSTEP;
+        int b = m / HoWo, pix = m - b * HoWo;
+        a_img[i] = b * p.Hs * p.Ws;
+        a_yx[i] = m < p.M ? (pix / p.Wo) << 16 | (pix % p.Wo) : 0x7fff << 16;
+    }
+    const bf16 *b_base = p.w + (size_t)(n0 + r0) * kk * p.Ci;
+    const size_t b_step = (size_t)C::RSTEP * kk * p.Ci;
+
+    int ld_tap = 0, ld_ky = 0, ld_kx = 0, ld_c0 = 0; /* loader position: k-block (tap, channels c0 ..) */
+    auto load_stage = [&](int stage) {
+        unsigned char *As = base + stage * C::STAGE_BYTES + r0 * 128 + chunk_off, *Bs = As + C::A_BYTES;
+        int c = ld_c0 + q * 8;
+        bool c_ok = c < p.Ci;
+#pragma unroll
+        for (int i = 0; i < C::A_ROWS; i++) {
+            int yi = (a_yx[i] >> 16) + p.y0 + ld_ky - p.pad, xi = (a_yx[i] & 0xffff) + ld_kx - p.pad;
+            bool v = c_ok && (unsigned)yi < (unsigned)p.H && (unsigned)xi < (unsigned)p.W;
+            const bf16 *src =
+                v ? p.x + ((size_t)(a_img[i] + ((yi - p.ys) >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
+            cp_async16(As + i * C::RSTEP * 128, src, v);
+        }
+#pragma unroll
+        for (int i = 0; i < C::B_ROWS; i++) {
+            bool v = c_ok && n0 + r0 + i * C::RSTEP < p.Co;
+            const bf16 *src = v ? b_base + i * b_step + (size_t)ld_tap * p.Ci + c : p.w;
+            cp_async16(Bs + i * C::RSTEP * 128, src, v);
+        }
+        ld_c0 += BK;
+        if (ld_c0 >= p.Ci) {
+            ld_c0 = 0;
+            ld_tap++;
+            if (++ld_kx == p.k) ld_kx = 0, ld_ky++;
+        }
+    };
+
+    float acc[BN / 2]; /* the warpgroup's 64 x BN accumulators: acc[4j + e] = row 16 warp + lane/4 + 8 (e >> 1),
+                          channel 8j + 2 (lane % 4) + (e & 1) */
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) acc[i] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < nk) load_stage(s);
+        cp_async_commit(); /* empty groups keep the wait_group count uniform */
+    }
+    for (int kb = 0; kb < nk; kb++) {
+        cp_async_wait<STAGES - 3>(); /* this thread's copies of k-block kb have landed */
+        conv90_fence_proxy_async();  /* ... and are visible to wgmma, which reads through the async proxy */
+        __syncthreads(); /* every thread's part of stage kb is in; every warpgroup retired wgmma kb-2 (wait 1 below) */
+        if (kb + STAGES - 2 < nk) load_stage((kb + STAGES - 2) % STAGES); /* refills the stage of k-block kb-2 */
+        cp_async_commit();
+        const uint32_t a_addr = sbase + (kb % STAGES) * C::STAGE_BYTES + wg * 64 * 128;
+        const uint32_t b_addr = sbase + (kb % STAGES) * C::STAGE_BYTES + C::A_BYTES;
+        const uint64_t da = conv90_desc(a_addr), db = conv90_desc(b_addr);
+        conv90_wg_fence(); /* accumulator registers written before (zeroing, wgmma kb-1) are ordered before wgmma kb */
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++) /* 16 channels = 32 bytes further along the swizzled rows */
+            conv90_wgmma<BN>(acc, da + 2 * ks, db + 2 * ks);
+        conv90_wg_commit();
+        conv90_wg_wait<1>(); /* wgmma kb-1 is done: its stage may be refilled after the next barrier */
+    }
+    conv90_wg_wait<0>();
+    cp_async_wait<0>();
+    __syncthreads(); /* every warpgroup is done with the pipeline stages before the epilogue reuses them */
+
+    /* epilogue: Cs[n][m] = bf16(acc + bias[n]) */
+    bf16 *Cs = reinterpret_cast<bf16 *>(base);
+    const int g = lane / 4, t4 = lane % 4, m = wg * 64 + warp_in_wg * 16 + g;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        int n = j * 8 + 2 * t4;
+        float bias0 = 0.0f, bias1 = 0.0f;
+        if (p.bias) {
+            if (n0 + n < p.Co) bias0 = b2f(p.bias[n0 + n]);
+            if (n0 + n + 1 < p.Co) bias1 = b2f(p.bias[n0 + n + 1]);
+        }
+        Cs[n * C::LDC + m] = f2b(acc[4 * j] + bias0);
+        Cs[(n + 1) * C::LDC + m] = f2b(acc[4 * j + 1] + bias1);
+        Cs[n * C::LDC + m + 8] = f2b(acc[4 * j + 2] + bias0);
+        Cs[(n + 1) * C::LDC + m + 8] = f2b(acc[4 * j + 3] + bias1);
+    }
+    __syncthreads(); /* the whole output tile is in shared memory before rows of it are stored */
+
+    conv_store_tile<BM, BN, C::NT>(p, Cs, C::LDC, m0, n0);
+#endif /* CONV90_DEVICE_CODE */
+}
+
+/* writes 1 when the loaded binary holds sm_90a code for this device (conv_wgmma_kernel has a body) */
+__global__ void conv90_probe_kernel(int *flag) {
+#ifdef CONV90_DEVICE_CODE
+    *flag = 1;
+#else
+    *flag = 0;
+#endif
+}
+
+#define CONV90_MAX_DEVICES 64
+
+/* 1 when device dev can run conv_wgmma_kernel: compute capability 9.x and sm_90a code loaded (probe),
+   unless ZIMAGE_CONV_SM90=0. Probed once per device (a synchronous copy; skipped, without caching,
+   while `stream` is being captured into a graph). Read and written atomically: threads racing on a
+   first call probe twice and agree. */
+static int conv90_ready(int dev, cudaStream_t stream) {
+    static int state[CONV90_MAX_DEVICES]; /* 0 unknown, 1 ready, 2 not */
+    static int env = -1;                  /* ZIMAGE_CONV_SM90, read once: 0 turns the path off */
+    if (__atomic_load_n(&env, __ATOMIC_ACQUIRE) < 0) {
+        const char *s = getenv("ZIMAGE_CONV_SM90");
+        __atomic_store_n(&env, s && atoi(s) == 0 ? 0 : 1, __ATOMIC_RELEASE);
+    }
+    if (!__atomic_load_n(&env, __ATOMIC_ACQUIRE) || dev < 0 || dev >= CONV90_MAX_DEVICES) return 0;
+    int known = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
+    if (known) return known == 1;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) return 0;
+    int major = 0, ok = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (major == 9) {
+        int *d_flag = NULL, flag = 0;
+        if (cudaMalloc(&d_flag, sizeof(int)) == cudaSuccess) {
+            conv90_probe_kernel<<<1, 1>>>(d_flag);
+            if (cudaMemcpy(&flag, d_flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess && flag == 1) ok = 1;
+            cudaFree(d_flag);
+        }
+    }
+    (void)cudaGetLastError(); /* a failed probe is an answer, not an error of the caller's op */
+    __atomic_store_n(&state[dev], ok ? 1 : 2, __ATOMIC_RELEASE);
+    return ok;
+}
+
+/* one wgmma tile configuration: its kernel, shared memory and grid */
+template <int WGS, int BN, int STAGES, int MINB>
+static cudaError_t launch_wgmma(ConvArgs p, cudaStream_t stream) {
+    using C = Conv90Cfg<WGS, BN, STAGES>;
+    auto kern = conv_wgmma_kernel<WGS, BN, STAGES, MINB>;
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess) return e;
+    p.tiles_n = (p.Co + BN - 1) / BN;
+    size_t blocks = (size_t)p.tiles_n * ((p.M + C::BM - 1) / C::BM);
+    if (blocks > 0x7fffffffu) return cudaErrorInvalidValue;
+    kern<<<(unsigned)blocks, C::NT, C::SMEM, stream>>>(p);
+    return cudaGetLastError();
+}
+
 /* Tile configurations (id, BM, BN, BK, WM, WN, STAGES), measured in benchmarks/kernels/README.md.
-   Default 4 (sm_80, sm_90), 1 where shared memory is 99 KB (sm_86, sm_89) or Ci < 64, 6 for Co <= 32;
-   5, 7 and 8 measured within 2% of 4 at the VAE's shapes on H100 (lab variants, ZIMAGE_CONV_TILE). */
+   Default 4 (sm_80, sm_90 without sm_90a code), 1 where shared memory is 99 KB (sm_86, sm_89) or Ci < 64,
+   6 for Co <= 32; 5, 7 and 8 measured within 2% of 4 at the VAE's shapes on H100 (lab variants,
+   ZIMAGE_CONV_TILE). */
 #define CONV_CFG_LIST(X)                  \
     X(1, 128, 128, 32, 2, 4, 4)           \
     X(4, 256, 128, 64, 4, 2, 3)           \
@@ -226,13 +531,32 @@ static cudaError_t launch_igemm(ConvArgs p, cudaStream_t stream) {
     X(7, 128, 128, 64, 2, 2, 3)           \
     X(8, 256, 128, 64, 4, 2, 4)
 
+/* wgmma tile configurations (id, warpgroups WGS (BM = 64 WGS), BN, STAGES, blocks per SM), sm_90a only:
+   9 for Co >= 256 and 11 for 64 <= Co < 256 when Ci >= 64 (the others where they lose; README) */
+#define CONV90_CFG_LIST(X)                \
+    X(9, 2, 256, 4, 1)                    \
+    X(10, 2, 128, 6, 1)                   \
+    X(11, 4, 128, 4, 1)                   \
+    X(12, 2, 128, 3, 2)
+
 /* shared memory per block of a configuration (0: no such id) */
 static size_t conv_tile_smem(int tile) {
 #define X(id, bm, bn, bk, wm, wn, st) \
     if (tile == id) return ConvCfg<bm, bn, bk, wm, wn, st>::SMEM;
     CONV_CFG_LIST(X)
 #undef X
+#define X(id, wgs, bn, st, minb) \
+    if (tile == id) return Conv90Cfg<wgs, bn, st>::SMEM;
+    CONV90_CFG_LIST(X)
+#undef X
     return 0;
+}
+static bool conv_tile_is_wgmma(int tile) {
+#define X(id, wgs, bn, st, minb) \
+    if (tile == id) return true;
+    CONV90_CFG_LIST(X)
+#undef X
+    return false;
 }
 
 extern "C" cudaError_t zi_conv2d_igemm_band_cuda(void *out, const void *x, const void *w, const void *bias,
@@ -250,16 +574,22 @@ extern "C" cudaError_t zi_conv2d_igemm_band_cuda(void *out, const void *x, const
                   Ci, Co, k, pad, up ? 1 : 0, Hc, Wc, H, W, Ho, Wo, 0, y0, ys, (size_t)Hof * Wo,
                   (Ho * Wo) % 8 == 0 && ((size_t)y0 * Wo) % 8 == 0 && ((size_t)Hof * Wo) % 8 == 0 && is_aligned16(out) &&
                       (!res || is_aligned16(res))};
-    if (tile <= 0) tile = Co <= 32 ? 6 : Ci < 64 ? 1 : 4;
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return e;
+    int sm90 = conv90_ready(dev, stream);
+    if (tile <= 0) tile = Co <= 32 ? 6 : Ci < 64 ? 1 : !sm90 ? 4 : Co >= 256 ? 9 : 11;
+    if (conv_tile_is_wgmma(tile) && !sm90) tile = Co <= 32 ? 6 : Ci < 64 ? 1 : 4; /* no sm_90a code or device */
     if (conv_tile_smem(tile) == 0 || conv_tile_smem(tile) > (size_t)optin) tile = Co <= 32 ? 6 : 1; /* sm_86/89: 99 KB */
     switch (tile) {
 #define X(id, bm, bn, bk, wm, wn, st) \
     case id: return launch_igemm<bm, bn, bk, wm, wn, st>(p, stream);
         CONV_CFG_LIST(X)
+#undef X
+#define X(id, wgs, bn, st, minb) \
+    case id: return launch_wgmma<wgs, bn, st, minb>(p, stream);
+        CONV90_CFG_LIST(X)
 #undef X
     }
     return cudaErrorInvalidValue;
@@ -281,38 +611,67 @@ struct PackNorm {
     const float2 *stats;  /* [B*G] (mean, rstd), NULL: no normalisation */
     const bf16 *gamma, *beta;
     int G, CG, silu;
-    __device__ float operator()(float v, int b, int c) const {
-        if (!stats) return v;
+    /* channel c of image b's parameters, loaded once for all its pixels */
+    struct Chan {
+        float mean, rstd, gamma, beta;
+    };
+    __device__ Chan chan(int b, int c) const {
+        Chan k = {0.0f, 1.0f, 1.0f, 0.0f};
+        if (!stats) return k;
         float2 s = stats[b * G + c / CG];
-        float t = (v - s.x) * s.y;
-        if (gamma) t *= b2f(gamma[c]);
-        if (beta) t += b2f(beta[c]);
+        k.mean = s.x, k.rstd = s.y;
+        if (gamma) k.gamma = b2f(gamma[c]);
+        if (beta) k.beta = b2f(beta[c]);
+        return k;
+    }
+    __device__ float operator()(float v, const Chan &k) const {
+        if (!stats) return v;
+        float t = (v - k.mean) * k.rstd;
+        if (gamma) t *= k.gamma;
+        if (beta) t += k.beta;
         if (silu) t = t / (1.0f + expf(-t));
         return t;
     }
+    __device__ float operator()(float v, int b, int c) const { return (*this)(v, chan(b, c)); }
 };
 
-/* fast path: C % 32 == 0, HW % 8 == 0, 16-byte aligned in. Block = 256 threads over 32 channels x 512
-   pixels of image blockIdx.z; lane (cq = lane % 4, pq = lane / 4): an 8x8 block of 8 channels x 8 pixels,
-   read as 8 rows of 16 bytes (a warp reads 128 contiguous bytes per channel), transposed in registers,
-   written as 8 pixels of 16 bytes (a warp writes 64 contiguous bytes per pixel). */
-__global__ void conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW, size_t plane, PackNorm f) {
-    int b = blockIdx.z, c = blockIdx.y * 32 + (threadIdx.x % 4) * 8;
-    int p = (blockIdx.x * 64 + threadIdx.x / 4) * 8;
-    if (p >= HW) return;
-    float v[8][8]; /* [channel][pixel] */
+/* fast path: C % 32 == 0, HW % 8 == 0, 16-byte aligned in and nhwc, through a shared-memory tile
+   (it beat a register-transpose kernel: benchmarks/kernels/README.md). Block = 256 threads over 32
+   channels x 256 pixels of image blockIdx.z. Load: warp w reads channel rows w, w+8, w+16, w+24 (512
+   contiguous bytes each; the channel's parameters loaded once per row), normalises them and stores
+   them as rows of Ts[32][256] (16-byte chunk pc of row ch at chunk pc ^ (ch / 8), so the column reads
+   below hit 4 different bank groups). Store: thread (pixel tid/4 + 64k, channels 8 (tid % 4) ..)
+   gathers 8 channels from the tile and writes 16 bytes (a warp writes 8 pixels x 64 contiguous bytes). */
+__global__ void __launch_bounds__(256) conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW,
+                                                                   size_t plane, PackNorm f) {
+    __shared__ __align__(16) bf16 Ts[32 * 256];
+    const int b = blockIdx.z, c0 = blockIdx.y * 32, p0 = blockIdx.x * 256, tid = threadIdx.x;
+    const int pc = tid % 32; /* the 8-pixel chunk this thread loads */
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        ld8(v[j], in + ((size_t)b * C + c + j) * plane + p);
+    for (int k = 0; k < 4; k++) {
+        int ch = tid / 32 + 8 * k;
+        if (p0 + pc * 8 >= HW) continue;
+        float v[8];
+        ld8(v, in + ((size_t)b * C + c0 + ch) * plane + p0 + pc * 8);
+        const PackNorm::Chan kc = f.chan(b, c0 + ch);
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[j][i] = f(v[j][i], b, c + j);
+        for (int i = 0; i < 8; i++) v[i] = f(v[i], kc);
+        st8(Ts + ch * 256 + ((pc ^ (ch / 8)) * 8), v);
     }
+    __syncthreads(); /* the whole tile is normalised and in shared memory before its columns are read */
+    const int cg = tid % 4;
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        float o[8];
+    for (int k = 0; k < 4; k++) {
+        int px = tid / 4 + 64 * k;
+        if (p0 + px >= HW) continue;
+        uint4 u;
+        bf16 *h = reinterpret_cast<bf16 *>(&u);
 #pragma unroll
-        for (int j = 0; j < 8; j++) o[j] = v[j][i];
-        st8(nhwc + ((size_t)b * HW + p + i) * C + c, o);
+        for (int j = 0; j < 8; j++) {
+            int ch = cg * 8 + j;
+            h[j] = Ts[ch * 256 + (((px / 8) ^ (ch / 8)) * 8) + px % 8];
+        }
+        *reinterpret_cast<uint4 *>(nhwc + ((size_t)b * HW + p0 + px) * C + c0 + cg * 8) = u;
     }
 }
 
@@ -336,7 +695,7 @@ extern "C" cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B
     PackNorm f = {(const float2 *)stats, (const bf16 *)gamma, (const bf16 *)beta, stats ? G : 1, stats ? C / G : C, silu};
     if (C % 32 == 0 && HW % 8 == 0 && plane % 8 == 0 && is_aligned16(in) && is_aligned16(nhwc) && B <= 65535 &&
         C / 32 <= 65535) {
-        dim3 grid((unsigned)((HW + 511) / 512), (unsigned)(C / 32), (unsigned)B);
+        dim3 grid((unsigned)((HW + 255) / 256), (unsigned)(C / 32), (unsigned)B);
         conv_pack_input_vec_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, plane, f);
     } else {
         conv_pack_input_kernel<<<grid_for((size_t)B * C * HW, 256), 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B,

@@ -63,7 +63,8 @@ cudaError_t zi_im2col_cuda(void *col, const void *in, int Ci, int H, int W, int 
    again when res (res may be out); stride 1, zero padding pad; x [B,H,W,Ci] NHWC, read as its nearest-2x upsample
    (a 2H x 2W image) when up; w [Co, k*k, Ci] (zi_conv_pack_weight_cuda). Ho = Hc + 2 pad - k + 1 for the conv's
    input size Hc (H or 2H). Needs Ci % 8 == 0 and 16-byte aligned x and w (cudaErrorInvalidValue otherwise).
-   tile: 0 = chosen by the shape, else a block tile configuration of conv.cu's CONV_CFG_LIST */
+   tile: 0 = chosen by the shape and device, else a block tile configuration of conv.cu's CONV_CFG_LIST or (sm_90a)
+   CONV90_CFG_LIST; a wgmma tile on a device without sm_90a code falls back to the shape's mma.sync tile */
 cudaError_t zi_conv2d_igemm_cuda(void *out, const void *x, const void *w, const void *bias, const void *res, int B,
                                  int Ci, int H, int W, int Co, int k, int pad, int up, int tile, cudaStream_t stream);
 /* the same for output rows y0 .. y0+ny of the full image (B = 1 unless the band is the whole image), with x

@@ -40,8 +40,9 @@ static void *rand_buf(ZiBackend *be, size_t n, float amp) {
 }
 
 /* conv cases: a = Ci, b = H = W of the conv's input, c = Co, d = k; e = variant: -1 im2col, 0 auto tile,
-   1..8 tile (kernels/conv.cu), CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only */
-enum { CONV_GN = 100, CONV_UP, CONV_PACK };
+   1..12 tile (kernels/conv.cu), CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only,
+   CONV_STATS groupnorm statistics only (G = 32), CONV_PACK_GN packing with groupnorm + SiLU (statistics made once) */
+enum { CONV_GN = 100, CONV_UP, CONV_PACK, CONV_STATS, CONV_PACK_GN };
 typedef enum { B_MATMUL, B_ATTN, B_CONV } Kind;
 typedef struct { Kind kind; int a, b, c, d, e; char what[64]; } Case;
 
@@ -50,7 +51,7 @@ static void conv_env(int variant) {
     unsetenv("ZIMAGE_CONV");
     unsetenv("ZIMAGE_CONV_TILE");
     if (variant == -1) setenv("ZIMAGE_CONV", "im2col", 1);
-    if (variant >= 1 && variant <= 8) {
+    if (variant >= 1 && variant <= 12) {
         snprintf(buf, sizeof buf, "%d", variant);
         setenv("ZIMAGE_CONV", "igemm", 1);
         setenv("ZIMAGE_CONV_TILE", buf, 1);
@@ -68,6 +69,19 @@ static zi_status run(ZiBackend *be, const Case *c, void **buf) {
             return be->ops->groupnorm_conv2d(be, buf[0], buf[1], NULL, buf[4], buf[5], buf[2], buf[3], 1, Ci, H, H, Co, k,
                                              pad, 32, 1e-6f, 1);
         if (c->e == CONV_UP) return be->ops->upsample_conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, Ci, H / 2, H / 2, Co, k, pad);
+        if (c->e == CONV_STATS || c->e == CONV_PACK_GN) {
+            static float *stats; /* [32] (mean, rstd) then the partials */
+            static int have_stats;
+            cudaError_t e = cudaSuccess;
+            if (!stats) e = cudaMalloc((void **)&stats, (size_t)1 << 22);
+            if (e == cudaSuccess && (c->e == CONV_STATS || !have_stats))
+                e = zi_groupnorm_stats_cuda(stats, stats + 64, buf[1], 1, Ci, H * H, 32, 1e-6f, 0);
+            have_stats = c->e == CONV_STATS;
+            if (e == cudaSuccess && c->e == CONV_PACK_GN)
+                e = zi_conv_pack_input_cuda(buf[0], buf[1], 1, Ci, H * H, (size_t)H * H, stats, 32, buf[4], buf[5], 1, 0);
+            if (e == cudaSuccess) e = cudaDeviceSynchronize();
+            return e == cudaSuccess ? ZI_OK : zi_fail(ZI_ERR_CUDA, "stats / pack: %s", cudaGetErrorString(e));
+        }
         if (c->e == CONV_PACK) {
             cudaError_t e = zi_conv_pack_input_cuda(buf[0], buf[1], 1, Ci, H * H, (size_t)H * H, NULL, 1, NULL, NULL, 0, 0);
             if (e == cudaSuccess) e = cudaDeviceSynchronize();
@@ -100,12 +114,12 @@ int main(int argc, char **argv) {
     static const int shapes[][4] = {{512, 128, 512, 3}, {512, 256, 512, 3}, {512, 512, 512, 3}, {512, 512, 256, 3},
                                     {256, 512, 256, 3}, {256, 1024, 256, 3}, {256, 1024, 128, 3}, {128, 1024, 128, 3},
                                     {128, 1024, 3, 3},  {16, 128, 512, 3},   {256, 1024, 128, 1}, {512, 512, 256, 1}};
-    static const int variants[] = {-1, 0, 1, 4, 5, 6, 7, 8};
+    static const int variants[] = {0, 4, 9, 10, 11, 12}; /* im2col (-1), 1, 5, 7, 8: README */
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const int *sh = shapes[i];
         for (size_t v = 0; v < sizeof variants / sizeof variants[0]; v++) {
             int var = variants[v];
-            if ((var == 6) != (sh[2] <= 32) && var > 0) continue; /* t6 is the small-Co tile */
+            if (var > 0 && (sh[2] <= 32 || sh[0] < 64)) continue; /* conv_in, conv_out: auto only (t1, t6) */
             Case *c = &cases[ncases++];
             *c = (Case){B_CONV, sh[0], sh[1], sh[2], sh[3], var, ""};
             snprintf(c->what, sizeof c->what, "conv%dx%d %d->%d @%d %s%.0d", sh[3], sh[3], sh[0], sh[2], sh[1],
@@ -116,6 +130,8 @@ int main(int argc, char **argv) {
     cases[ncases++] = (Case){B_CONV, 256, 1024, 256, 3, CONV_UP, "upsample_conv2d 256->256 @512->1024"};
     cases[ncases++] = (Case){B_CONV, 512, 512, 512, 3, CONV_UP, "upsample_conv2d 512->512 @256->512"};
     cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_PACK, "conv pack NCHW->NHWC 128ch @1024 (GB/s)"};
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_STATS, "conv groupnorm stats 128ch @1024 (GB/s)"};
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_PACK_GN, "conv pack + groupnorm/SiLU 128ch @1024 (GB/s)"};
     {
         /* which attention kernel runs HD = 128 on this device and binary (ZIMAGE_ATTN_SM90=0: the old one) */
         void *b[4] = {0};
@@ -149,7 +165,9 @@ int main(int argc, char **argv) {
                 conv_buf[4] = rand_buf(be, Ci, 1), conv_buf[5] = rand_buf(be, Ci, 0.1f);
             }
             memcpy(buf, conv_buf, sizeof buf);
-            flop = c->e == CONV_PACK ? 4.0 * Ci * P * 1e3 : 2.0 * Ci * Co * kk * P; /* packing: bytes * 1000 */
+            flop = c->e == CONV_PACK || c->e == CONV_PACK_GN ? 4.0 * Ci * P * 1e3 /* packing: bytes * 1000 */
+                   : c->e == CONV_STATS ? 2.0 * Ci * P * 1e3 /* statistics: bytes read * 1000 */
+                                        : 2.0 * Ci * Co * kk * P;
             conv_env(c->e);
         }
         double t[REPS];

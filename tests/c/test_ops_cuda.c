@@ -1204,10 +1204,21 @@ int main(int argc, char **argv) {
     test_conv2d(&t, 1, 256, 60, 40, 64, 3, 1, 1, 1, NULL, 0);     /* 2 row bands (1 MiB packing cap)    */
     test_conv2d(&t, 1, 256, 60, 40, 32, 3, 0, 1, 1, NULL, 0);     /* row bands without padding          */
     test_conv2d(&t, 1, 256, 5, 2100, 16, 3, 1, 1, 1, NULL, 0);    /* one output row per band            */
-    static const int tiles[] = {1, 4, 5, 6, 7, 8};                /* every tile configuration           */
+    static const int tiles[] = {1, 4, 5, 6, 7, 8, 9, 10, 11, 12}; /* every tile configuration (9-12: wgmma,
+                                                                     sm_90a; elsewhere they fall back)   */
     for (size_t i = 0; i < sizeof tiles / sizeof tiles[0]; i++) {
         test_conv2d(&t, 2, 64, 20, 24, 256, 3, 1, 1, 1, NULL, tiles[i]);
         test_conv2d(&t, 1, 40, 9, 11, 200, 3, 1, 1, 1, NULL, tiles[i]);
+    }
+    static const int wgmma_tiles[] = {9, 10, 11, 12};
+    for (size_t i = 0; i < sizeof wgmma_tiles / sizeof wgmma_tiles[0]; i++) {
+        int tl = wgmma_tiles[i];
+        test_conv2d(&t, 2, 128, 7, 13, 320, 3, 1, 1, 1, NULL, tl);  /* tiles cross images, partial N tile  */
+        test_conv2d(&t, 1, 96, 13, 7, 72, 3, 1, 0, 1, NULL, tl);    /* Ci % 64 != 0, scalar stores         */
+        test_conv2d(&t, 3, 64, 8, 8, 136, 3, 0, 1, 1, NULL, tl);    /* no padding, 16-byte stores          */
+        test_conv2d(&t, 1, 512, 9, 10, 512, 3, 1, 1, 1, NULL, tl);  /* two N tiles of 256                  */
+        test_conv2d(&t, 1, 128, 12, 12, 128, 3, 1, 1, 1000, NULL, tl); /* large magnitude                  */
+        test_conv2d(&t, 2, 256, 7, 13, 128, 1, 0, 1, 1, "igemm", tl); /* 1x1 through the kernel            */
     }
     test_conv2d(&t, 1, 16, 6, 5, 2, 3, 0, 0, 1, NULL, 0);         /* Co = 2, no padding                 */
     test_upsample_conv2d(&t, 1, 24, 5, 4, 3, 3, 1, NULL);         /* Co = 3, upsampled                  */
@@ -1228,6 +1239,10 @@ int main(int argc, char **argv) {
     test_upsample_conv2d(&t, 1, 16, 1, 1, 8, 3, 1, NULL);
     test_upsample_conv2d(&t, 1, 8, 3, 3, 16, 3, 0, NULL);
     test_upsample_conv2d(&t, 1, 128, 16, 16, 128, 3, 1, NULL);
+    /* the wgmma tiles' auto choice (sm_90a): Co >= 256 (tile 9) with the fused pre steps */
+    test_upsample_conv2d(&t, 2, 256, 7, 13, 256, 3, 1, NULL);
+    test_groupnorm_conv2d(&t, 1, 256, 7, 13, 256, 3, 1, 32, 1, -1, 1, 1, NULL);
+    test_groupnorm_conv2d(&t, 2, 128, 7, 13, 512, 3, 1, 32, 1, -1, 1, 2, NULL);
     test_upsample_conv2d(&t, 1, 3, 4, 5, 4, 3, 1, NULL);                       /* Ci % 8: im2col        */
     test_upsample_conv2d(&t, 2, 64, 5, 7, 32, 3, 1, "im2col");
     test_upsample(&t, 2, 3, 5, 7);
