@@ -1,0 +1,245 @@
+/*
+ * gemm_sm90.cu - Hopper (sm_90a) GEMM of the DiT feed-forward, with its SwiGLU fused into the epilogue:
+ *   swiglu: out[M,F] = silu(bf16(in @ w[0:F]^T)) * bf16(in @ w[F:2F]^T), w = [2F, K] (gate rows, then up)
+ *   plain:  out[M,N] = in[M,K] @ w[N,K]^T
+ * in, w, out bf16 row-major, fp32 accumulation. The swiglu epilogue rounds gate and up to bf16 and
+ * computes silu_mul (common.cuh) in fp32, exactly the rounding points of matmul + swiglu_pair.
+ *
+ * gemm_sm90_kernel: persistent (one CTA per SM, tiles t = blockIdx.x, + gridDim.x, ...), 3 warpgroups.
+ *   Output tile: 128 rows x 256 accumulator columns. swiglu: columns 0..127 are gate features
+ *   n0..n0+127 (w rows n0..), columns 128..255 the up features of the same n0 (w rows F+n0..), so a
+ *   thread holds the gate and the up of each of its outputs (accumulator column j and j + 128) and
+ *   128 outputs come out; plain: 256 output columns (w rows n0..n0+255). Tile order: row tile
+ *   fastest, so the CTAs of one wave share a few weight tiles (from L2) and walk all of `in`.
+ *   warpgroup 0, the producer: one thread issues TMA loads (128-byte swizzle) of the A tile
+ *     [128 rows][64 k] and the two B halves [128 w rows][64 k] per k-step into a ring of G90_STAGES
+ *     stages; per stage an mbarrier "full" (TMA bytes landed) and one "empty" (both consumers are done
+ *     with it). It runs ahead across tiles, so the next tile's loads overlap this tile's epilogue.
+ *     Rows past M, w rows past N (plain) and k past K arrive as zeros.
+ *   warpgroups 1 and 2, the consumers: 64 rows each, a 64x256 fp32 accumulator (128 registers per
+ *     thread); per k-step 4 wgmma m64n256k16 (A and B K-major in shared memory), one wgmma group kept
+ *     in flight (the stage of k-step kt-1 is released once k-step kt's group is issued and kt-1's
+ *     has completed). Epilogue straight from registers: bf16x2 stores, rows >= M not stored.
+ *   setmaxnreg moves registers from the producer (40) to the consumers (232).
+ * sm_90a code only inside ZI_SM90_DEVICE_CODE (sm90.cuh): compiles for every arch of the fat binary;
+ * the host runs it only where the sm_90a probe says the loaded code is sm_90a.
+ * Environment: ZIMAGE_GEMM_SM90=0 turns this path off (read once). Timings: benchmarks/kernels/README.md.
+ */
+#include "sm90.cuh"
+
+#define G90_BM 128          /* rows per tile = 2 consumer warpgroups x 64                     */
+#define G90_BN 256          /* accumulator columns per tile (w rows per k-step)               */
+#define G90_BK 64           /* k per stage: one 128-byte swizzle row                          */
+#ifndef ZI_GEMM90_STAGES
+#define ZI_GEMM90_STAGES 4  /* ring depth (4 x 48 KB)                                         */
+#endif
+#define G90_STAGES ZI_GEMM90_STAGES
+#define G90_THREADS 384
+#define G90_PRODUCER_REGS 40
+#define G90_CONSUMER_REGS 232 /* 128 x 40 + 256 x 232 <= 65536 */
+
+/* shared memory, from a 1024-byte aligned base: per stage A [128 rows][128 B] then B [256 w rows][128 B]
+   (B half 1 = rows 0..127, half 2 = rows 128..255, one K-major tile of 256 rows), then the mbarriers */
+#define G90_A_BYTES (G90_BM * 128)
+#define G90_B_HALF (128 * 128)
+#define G90_STAGE_BYTES (G90_A_BYTES + 2 * G90_B_HALF)
+#define G90_BAR_OFF (G90_STAGES * G90_STAGE_BYTES)
+#define G90_SMEM_BYTES (1024 + G90_BAR_OFF + 8 * 2 * G90_STAGES) /* full[], empty[] */
+
+#ifdef ZI_SM90_DEVICE_CODE
+#define G90_D128_STR \
+    "{" \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127" \
+    "}"
+#define G90_D128_OPS(d) \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),  \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),  \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),  \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),  \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),  \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),  \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),  \
+    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),  \
+    "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),  \
+    "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),  \
+    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),  \
+    "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),  \
+    "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),  \
+    "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),  \
+    "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+/* d[64x256] (+)= A[64x16] B[16x256]; A and B K-major in shared memory; accumulate == 0 overwrites d */
+static __device__ __forceinline__ void wgmma_256(float (&d)[128], uint64_t da, uint64_t db, int accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " G90_D128_STR ", %128, %129, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : G90_D128_OPS(d)
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+
+static __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+#endif /* ZI_SM90_DEVICE_CODE */
+
+/* SWIGLU: out[M, n_out] with n_out = F (w has 2F rows); else out[M, N], n_out = N = w rows.
+   n_mt row tiles, n_tiles = n_mt x column tiles. */
+template <bool SWIGLU>
+__global__ void __launch_bounds__(G90_THREADS, 1)
+    gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_w, bf16 *out,
+                     int M, int K, int n_out, int n_mt, int n_tiles) {
+#ifdef ZI_SM90_DEVICE_CODE
+    extern __shared__ unsigned char g90_smem_raw[];
+    unsigned char *sm = g90_smem_raw + ((1024 - (smem_u32(g90_smem_raw) & 1023)) & 1023);
+    uint32_t sbase = smem_u32(sm);
+    uint32_t full = sbase + G90_BAR_OFF, empty = full + 8 * G90_STAGES; /* + 8 * stage */
+    const int n_k = (K + G90_BK - 1) / G90_BK;
+    const int cols_per_tile = SWIGLU ? G90_BN / 2 : G90_BN; /* outputs per tile row */
+    int wg = threadIdx.x / 128;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < G90_STAGES; s++) {
+            mbar_init(full + 8 * s, 1);
+            mbar_init(empty + 8 * s, 8); /* lane 0 of each of the 8 consumer warps */
+        }
+        mbar_init_fence();
+    }
+    __syncthreads(); /* the mbarriers are initialised before any thread waits on them or TMA signals them */
+
+    if (wg == 0) {
+        // ---------------- producer ----------------
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(G90_PRODUCER_REGS));
+        if (threadIdx.x == 0) {
+            int it = 0; /* k-steps issued by this CTA over all its tiles: stage it % STAGES, use it / STAGES */
+            for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+                int mt = t % n_mt, nt = t / n_mt, row0 = mt * G90_BM, n0 = nt * cols_per_tile;
+                int w_lo = n0, w_hi = SWIGLU ? n_out + n0 : n0 + 128; /* w rows of B halves 1 and 2 */
+                for (int kt = 0; kt < n_k; kt++, it++) {
+                    int s = it % G90_STAGES;
+                    uint32_t dst = sbase + s * G90_STAGE_BYTES, bar = full + 8 * s;
+                    /* completion (it / STAGES - 1) of the stage's empty barrier: both consumers read it */
+                    if (it >= G90_STAGES) mbar_wait(empty + 8 * s, ((it / G90_STAGES) + 1) & 1);
+                    mbar_expect_tx(bar, G90_STAGE_BYTES);
+                    tma_load_2d(dst, &tm_a, kt * G90_BK, row0, bar);
+                    tma_load_2d(dst + G90_A_BYTES, &tm_w, kt * G90_BK, w_lo, bar);
+                    tma_load_2d(dst + G90_A_BYTES + G90_B_HALF, &tm_w, kt * G90_BK, w_hi, bar);
+                }
+            }
+        }
+    } else {
+        // ---------------- consumers ----------------
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(G90_CONSUMER_REGS));
+        int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+        float acc[128];
+#pragma unroll
+        for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+        int it = 0;
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            int mt = t % n_mt, nt = t / n_mt, n0 = nt * cols_per_tile;
+            for (int kt = 0; kt < n_k; kt++, it++) {
+                int s = it % G90_STAGES;
+                uint32_t a_addr = sbase + s * G90_STAGE_BYTES + cw * 64 * 128, b_addr = sbase + s * G90_STAGE_BYTES + G90_A_BYTES;
+                mbar_wait(full + 8 * s, (it / G90_STAGES) & 1);
+                reg_fence(acc);
+                wg_fence();
+                /* k-step kk of 16: 32 kk bytes into every (swizzled) 128-byte row; 8-row groups 1024 B apart */
+#pragma unroll
+                for (int kk = 0; kk < G90_BK / 16; kk++)
+                    wgmma_256(acc, wg_desc(a_addr + kk * 32, 16, 1024), wg_desc(b_addr + kk * 32, 16, 1024), kt > 0 || kk > 0);
+                wg_commit();
+                reg_fence(acc);
+                wg_wait<1>(); /* k-step kt-1's group has completed: its stage is free */
+                if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((it - 1) % G90_STAGES));
+            }
+            wg_wait<0>(); /* the tile's last group has completed: acc is final, its stage is free */
+            reg_fence(acc);
+            if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % G90_STAGES));
+
+            /* epilogue. Accumulator layout (per warp 16 rows): acc[4 nb + e] is row g + 8 (e >> 1),
+               column 8 nb + 2 tq + (e & 1) */
+            int rbase = mt * G90_BM + cw * 64 + warp * 16 + g;
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                int row = rbase + 8 * hr;
+                if (row >= M) continue;
+                bf16 *orow = out + (size_t)row * n_out + n0 + 2 * tq;
+                if (SWIGLU) {
+#pragma unroll
+                    for (int nb = 0; nb < 16; nb++) {
+                        int i = 4 * nb + 2 * hr;
+                        float o0 = silu_mul(round_bf16(acc[i]), round_bf16(acc[i + 64]));
+                        float o1 = silu_mul(round_bf16(acc[i + 1]), round_bf16(acc[i + 65]));
+                        *reinterpret_cast<uint32_t *>(orow + 8 * nb) = pack_bf16x2(o0, o1);
+                    }
+                } else {
+#pragma unroll
+                    for (int nb = 0; nb < 32; nb++) {
+                        int i = 4 * nb + 2 * hr;
+                        if (n0 + 8 * nb + 2 * tq < n_out)
+                            *reinterpret_cast<uint32_t *>(orow + 8 * nb) = pack_bf16x2(acc[i], acc[i + 1]);
+                    }
+                }
+            }
+        }
+    }
+#endif
+}
+
+// ----------------------------------------------------------------------------------------------
+// host side
+
+/* swiglu: n_out = F, w [2F, K]; else n_out = N, w [N, K]. *taken = 0 (nothing launched) when this
+   call does not suit the kernel. */
+static cudaError_t gemm_sm90_launch(bool swiglu, void *out, const void *in, const void *w, int M, int K, int n_out,
+                                    cudaStream_t stream, int *taken) {
+    static int disabled_cache = -1, ready[ZI_SM90_MAX_DEVICES];
+    static const void *const kernels[] = {(const void *)gemm_sm90_kernel<true>, (const void *)gemm_sm90_kernel<false>};
+    *taken = 0;
+    if (sm90_env_off("ZIMAGE_GEMM_SM90", &disabled_cache) || M <= 0 || K <= 0 || n_out <= 0 || K % 8 ||
+        (swiglu ? n_out % 128 : n_out % 8))
+        return cudaSuccess;
+    if (!is_aligned16(out) || !is_aligned16(in) || !is_aligned16(w)) return cudaSuccess;
+    int dev = 0, n_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || !sm90_kernels_ready(ready, dev, stream, G90_SMEM_BYTES, kernels, 2) ||
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n_sm <= 0) {
+        (void)cudaGetLastError();
+        return cudaSuccess;
+    }
+    PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+    if (!enc) return cudaSuccess;
+    long w_rows = swiglu ? 2L * n_out : (long)n_out;
+    if (w_rows > 0x7fffffffL) return cudaSuccess;
+    CUtensorMap ma, mw;
+    if (!encode_map(enc, &ma, in, M, K, G90_BM) || !encode_map(enc, &mw, w, (int)w_rows, K, 128)) return cudaSuccess;
+    int cols_per_tile = swiglu ? G90_BN / 2 : G90_BN;
+    long n_mt = (M + G90_BM - 1) / G90_BM, n_nt = (n_out + cols_per_tile - 1) / cols_per_tile;
+    if (n_mt * n_nt > 0x7fffffffL) return cudaSuccess;
+    int n_tiles = (int)(n_mt * n_nt), grid = n_tiles < n_sm ? n_tiles : n_sm;
+    *taken = 1;
+    if (swiglu)
+        gemm_sm90_kernel<true><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, (bf16 *)out, M, K, n_out, (int)n_mt,
+                                                                              n_tiles);
+    else
+        gemm_sm90_kernel<false><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, (bf16 *)out, M, K, n_out,
+                                                                               (int)n_mt, n_tiles);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t zi_matmul_swiglu_sm90_cuda(void *out, const void *in, const void *w, int M, int K, int F,
+                                                  cudaStream_t stream, int *taken) {
+    return gemm_sm90_launch(true, out, in, w, M, K, F, stream, taken);
+}
+
+extern "C" cudaError_t zi_matmul_sm90_cuda(void *out, const void *in, const void *w, int M, int K, int N,
+                                           cudaStream_t stream, int *taken) {
+    return gemm_sm90_launch(false, out, in, w, M, K, N, stream, taken);
+}
