@@ -19,7 +19,8 @@
  *   warpgroups 1 and 2, the consumers: 64 rows each, a 64x256 fp32 accumulator (128 registers per
  *     thread); per k-step 4 wgmma m64n256k16 (A and B K-major in shared memory), one wgmma group kept
  *     in flight (the stage of k-step kt-1 is released once k-step kt's group is issued and kt-1's
- *     has completed). Epilogue straight from registers: bf16x2 stores, rows >= M not stored.
+ *     has completed). Epilogue: results (bf16) staged in shared memory in the 128-byte swizzle, then one
+ *     TMA store per 64 x 64 box, left running while the next tile's k-loop starts.
  *   setmaxnreg moves registers from the producer (40) to the consumers (232).
  * sm_90a code only inside ZI_SM90_DEVICE_CODE (sm90.cuh): compiles for every arch of the fat binary;
  * the host runs it only where the sm_90a probe says the loaded code is sm_90a.
@@ -39,11 +40,16 @@
 #define G90_CONSUMER_REGS 232 /* 128 x 40 + 256 x 232 <= 65536 */
 
 /* shared memory, from a 1024-byte aligned base: per stage A [128 rows][128 B] then B [256 w rows][128 B]
-   (B half 1 = rows 0..127, half 2 = rows 128..255, one K-major tile of 256 rows), then the mbarriers */
+   (B half 1 = rows 0..127, half 2 = rows 128..255, one K-major tile of 256 rows); then the output staging
+   of each consumer [2 halves of 64 columns][64 rows][128 B] (128-byte swizzled, as the TMA store reads it);
+   then the mbarriers. 4 stages: 192 KB + 32 KB. */
 #define G90_A_BYTES (G90_BM * 128)
 #define G90_B_HALF (128 * 128)
 #define G90_STAGE_BYTES (G90_A_BYTES + 2 * G90_B_HALF)
-#define G90_BAR_OFF (G90_STAGES * G90_STAGE_BYTES)
+#define G90_OUT_OFF (G90_STAGES * G90_STAGE_BYTES)
+#define G90_OUT_HALF (64 * 128)         /* one consumer's 64 rows x 64 output columns (bf16)  */
+#define G90_OUT_BYTES (2 * G90_OUT_HALF) /* per consumer: 64 rows x 128 output columns         */
+#define G90_BAR_OFF (G90_OUT_OFF + 2 * G90_OUT_BYTES)
 #define G90_SMEM_BYTES (1024 + G90_BAR_OFF + 8 * 2 * G90_STAGES) /* full[], empty[] */
 
 #ifdef ZI_SM90_DEVICE_CODE
@@ -95,8 +101,8 @@ static __device__ __forceinline__ float round_bf16(float x) { return __bfloat162
    n_mt row tiles, n_tiles = n_mt x column tiles. */
 template <bool SWIGLU>
 __global__ void __launch_bounds__(G90_THREADS, 1)
-    gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_w, bf16 *out,
-                     int M, int K, int n_out, int n_mt, int n_tiles) {
+    gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_w,
+                     const __grid_constant__ CUtensorMap tm_out, int M, int K, int n_out, int n_mt, int n_tiles) {
 #ifdef ZI_SM90_DEVICE_CODE
     extern __shared__ unsigned char g90_smem_raw[];
     unsigned char *sm = g90_smem_raw + ((1024 - (smem_u32(g90_smem_raw) & 1023)) & 1023);
@@ -164,32 +170,39 @@ __global__ void __launch_bounds__(G90_THREADS, 1)
             reg_fence(acc);
             if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % G90_STAGES));
 
-            /* epilogue. Accumulator layout (per warp 16 rows): acc[4 nb + e] is row g + 8 (e >> 1),
-               column 8 nb + 2 tq + (e & 1) */
-            int rbase = mt * G90_BM + cw * 64 + warp * 16 + g;
+            /* epilogue: bf16 results -> this consumer's staging (128-byte swizzle: 16-byte chunk c of row r at
+               chunk c ^ (r % 8), conflict-free) -> TMA store of [64 rows][128 columns], which runs on while the
+               next tile's k-loop starts; rows >= M are not written. Accumulator layout (per warp 16 rows):
+               acc[4 nb + e] is row g + 8 (e >> 1), column 8 nb + 2 tq + (e & 1). swiglu: one round (gate
+               column j and up column j + 128 -> output j); plain: two rounds of 128 columns. */
+            int orow0 = mt * G90_BM + cw * 64;
+            uint32_t stage_out = sbase + G90_OUT_OFF + cw * G90_OUT_BYTES;
 #pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                int row = rbase + 8 * hr;
-                if (row >= M) continue;
-                bf16 *orow = out + (size_t)row * n_out + n0 + 2 * tq;
-                if (SWIGLU) {
+            for (int rd = 0; rd < (SWIGLU ? 1 : 2); rd++) {
+                if (tid == 0) tma_store_wait_read<0>();
+                asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* the staging's last store has read it */
 #pragma unroll
-                    for (int nb = 0; nb < 16; nb++) {
-                        int i = 4 * nb + 2 * hr;
-                        float o0 = silu_mul(round_bf16(acc[i]), round_bf16(acc[i + 64]));
-                        float o1 = silu_mul(round_bf16(acc[i + 1]), round_bf16(acc[i + 65]));
-                        *reinterpret_cast<uint32_t *>(orow + 8 * nb) = pack_bf16x2(o0, o1);
+                for (int nb = 0; nb < 16; nb++)
+#pragma unroll
+                    for (int hr = 0; hr < 2; hr++) {
+                        int i = 4 * nb + 2 * hr + 64 * rd, r = 16 * warp + g + 8 * hr, c = nb % 8;
+                        uint32_t v = SWIGLU ? pack_bf16x2(silu_mul(round_bf16(acc[i]), round_bf16(acc[i + 64])),
+                                                          silu_mul(round_bf16(acc[i + 1]), round_bf16(acc[i + 65])))
+                                            : pack_bf16x2(acc[i], acc[i + 1]);
+                        uint32_t dst = stage_out + (nb / 8) * G90_OUT_HALF + r * 128 + ((c ^ (r % 8)) * 16) + tq * 4;
+                        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
                     }
-                } else {
-#pragma unroll
-                    for (int nb = 0; nb < 32; nb++) {
-                        int i = 4 * nb + 2 * hr;
-                        if (n0 + 8 * nb + 2 * tq < n_out)
-                            *reinterpret_cast<uint32_t *>(orow + 8 * nb) = pack_bf16x2(acc[i], acc[i + 1]);
-                    }
+                fence_async_smem();
+                asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* all 128 threads' staging writes are in */
+                int col = n0 + 128 * rd;
+                if (tid == 0 && orow0 < M && col < n_out) {
+                    tma_store_2d(&tm_out, stage_out, col, orow0);
+                    if (col + 64 < n_out) tma_store_2d(&tm_out, stage_out + G90_OUT_HALF, col + 64, orow0);
+                    tma_store_commit();
                 }
             }
         }
+        if (tid == 0) tma_store_wait<0>(); /* the last stores are complete before the CTA (and its smem) goes */
     }
 #endif
 }
@@ -218,19 +231,19 @@ static cudaError_t gemm_sm90_launch(bool swiglu, void *out, const void *in, cons
     if (!enc) return cudaSuccess;
     long w_rows = swiglu ? 2L * n_out : (long)n_out;
     if (w_rows > 0x7fffffffL) return cudaSuccess;
-    CUtensorMap ma, mw;
-    if (!encode_map(enc, &ma, in, M, K, G90_BM) || !encode_map(enc, &mw, w, (int)w_rows, K, 128)) return cudaSuccess;
+    CUtensorMap ma, mw, mo;
+    if (!encode_map(enc, &ma, in, M, K, G90_BM) || !encode_map(enc, &mw, w, (int)w_rows, K, 128) ||
+        !encode_map(enc, &mo, out, M, n_out, 64))
+        return cudaSuccess;
     int cols_per_tile = swiglu ? G90_BN / 2 : G90_BN;
     long n_mt = (M + G90_BM - 1) / G90_BM, n_nt = (n_out + cols_per_tile - 1) / cols_per_tile;
     if (n_mt * n_nt > 0x7fffffffL) return cudaSuccess;
     int n_tiles = (int)(n_mt * n_nt), grid = n_tiles < n_sm ? n_tiles : n_sm;
     *taken = 1;
     if (swiglu)
-        gemm_sm90_kernel<true><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, (bf16 *)out, M, K, n_out, (int)n_mt,
-                                                                              n_tiles);
+        gemm_sm90_kernel<true><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, mo, M, K, n_out, (int)n_mt, n_tiles);
     else
-        gemm_sm90_kernel<false><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, (bf16 *)out, M, K, n_out,
-                                                                               (int)n_mt, n_tiles);
+        gemm_sm90_kernel<false><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, mo, M, K, n_out, (int)n_mt, n_tiles);
     return cudaGetLastError();
 }
 

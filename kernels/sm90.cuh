@@ -1,7 +1,8 @@
 /*
  * sm90.cuh - the Hopper (sm_90a) primitives shared by attention_sm90.cu and gemm_sm90.cu:
  *   device (only where ZI_SM90_DEVICE_CODE is defined, i.e. code compiled for sm_90a): mbarrier
- *     init / expect_tx / arrive / wait, the 2D TMA tile load, the wgmma shared-memory descriptor
+ *     init / expect_tx / arrive / wait, the 2D TMA tile load and store (bulk groups, proxy fence),
+ *     the wgmma shared-memory descriptor
  *     (128-byte swizzle), wgmma fence / commit / wait, register fences, bf16x2 packing;
  *   host: the sm_90a probe (does the loaded binary hold sm_90a code for this device?), the
  *     tensor-map encoder from the driver entry point (cudart is linked statically, libcuda is not
@@ -61,6 +62,25 @@ static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorM
         "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
 }
+
+/* shared memory -> box of the 2D tensor map at (c0 = column, c1 = row), in this thread's current bulk
+   group; elements past the tensor's end are not written */
+static __device__ __forceinline__ void tma_store_2d(const CUtensorMap *map, uint32_t src, int c0, int c1) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"((uint64_t)map),
+                 "r"(c0), "r"(c1), "r"(src)
+                 : "memory");
+}
+static __device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/* until at most N of this thread's committed store groups still read their shared memory source */
+template <int N>
+static __device__ __forceinline__ void tma_store_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+/* until at most N of this thread's committed store groups are incomplete (their global writes included) */
+template <int N>
+static __device__ __forceinline__ void tma_store_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
+/* this thread's generic-proxy shared memory writes become visible to the async proxy (a TMA store) */
+static __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 /* wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading / stride byte
    offsets (>> 4 each), layout type 1 in bits 62-63; base offset 0 (every tile is 1024-byte aligned) */
