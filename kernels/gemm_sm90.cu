@@ -35,6 +35,12 @@
 #define ZI_GEMM90_STAGES 4  /* ring depth (4 x 48 KB)                                         */
 #endif
 #define G90_STAGES ZI_GEMM90_STAGES
+#ifndef ZI_GEMM90_TMA_STORE
+#define ZI_GEMM90_TMA_STORE 1 /* lab knob: 0 stores the epilogue straight from registers */
+#endif
+#ifndef ZI_GEMM90_OVERLAP
+#define ZI_GEMM90_OVERLAP 0   /* lab knob: 1 issues the next tile's first k-step before the epilogue */
+#endif
 #define G90_THREADS 384
 #define G90_PRODUCER_REGS 40
 #define G90_CONSUMER_REGS 232 /* 128 x 40 + 256 x 232 <= 65536 */
@@ -94,7 +100,29 @@ static __device__ __forceinline__ void wgmma_256(float (&d)[128], uint64_t da, u
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
-static __device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+/* silu_mul of the bf16 pairs (gate lo, gate hi) x (up lo, up hi) -> bf16 pair */
+static __device__ __forceinline__ uint32_t silu_mul_bf16x2(uint32_t gate, uint32_t up) {
+    float g0 = __uint_as_float(gate << 16), g1 = __uint_as_float(gate & 0xFFFF0000u);
+    float u0 = __uint_as_float(up << 16), u1 = __uint_as_float(up & 0xFFFF0000u);
+    return pack_bf16x2(silu_mul(g0, u0), silu_mul(g1, u1));
+}
+
+/* issues k-step `it` of this consumer (cw) as one wgmma group: waits for its stage, then 4 wgmma m64n256k16
+   (k-step kk of 16: 32 kk bytes into every swizzled 128-byte row; 8-row groups 1024 B apart);
+   first: the tile's first k-step (overwrites acc); wait = false: no wait for the stage (its contents are not used) */
+static __device__ __forceinline__ void g90_issue(float (&acc)[128], uint32_t sbase, uint32_t full, int it, int cw,
+                                                 bool first, bool wait = true) {
+    int s = it % G90_STAGES;
+    uint32_t a_addr = sbase + s * G90_STAGE_BYTES + cw * 64 * 128, b_addr = sbase + s * G90_STAGE_BYTES + G90_A_BYTES;
+    if (wait) mbar_wait(full + 8 * s, (it / G90_STAGES) & 1);
+    reg_fence(acc);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < G90_BK / 16; kk++)
+        wgmma_256(acc, wg_desc(a_addr + kk * 32, 16, 1024), wg_desc(b_addr + kk * 32, 16, 1024), !first || kk > 0);
+    wg_commit();
+    reg_fence(acc);
+}
 #endif /* ZI_SM90_DEVICE_CODE */
 
 /* SWIGLU: out[M, n_out] with n_out = F (w has 2F rows); else out[M, N], n_out = N = w rows.
@@ -102,7 +130,8 @@ static __device__ __forceinline__ float round_bf16(float x) { return __bfloat162
 template <bool SWIGLU>
 __global__ void __launch_bounds__(G90_THREADS, 1)
     gemm_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_w,
-                     const __grid_constant__ CUtensorMap tm_out, int M, int K, int n_out, int n_mt, int n_tiles) {
+                     const __grid_constant__ CUtensorMap tm_out, bf16 *out, int M, int K, int n_out, int n_mt,
+                     int n_tiles) {
 #ifdef ZI_SM90_DEVICE_CODE
     extern __shared__ unsigned char g90_smem_raw[];
     unsigned char *sm = g90_smem_raw + ((1024 - (smem_u32(g90_smem_raw) & 1023)) & 1023);
@@ -146,62 +175,90 @@ __global__ void __launch_bounds__(G90_THREADS, 1)
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(G90_CONSUMER_REGS));
         int cw = wg - 1, tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
         float acc[128];
+        uint32_t pk[64]; /* the finished tile as bf16 pairs: pk[2 nb + hr] = acc[4 nb + 2 hr], acc[4 nb + 2 hr + 1] */
 #pragma unroll
         for (int i = 0; i < 128; i++) acc[i] = 0.0f;
-        int it = 0;
+        int it = 0; /* k-steps consumed by this CTA over all its tiles (as the producer counts) */
+#if ZI_GEMM90_OVERLAP
+        /* the first k-step of every tile is issued before the previous tile's epilogue (every CTA has a tile:
+           grid <= n_tiles), so the tensor cores work during it; the epilogue reads only pk. Unconditional, so
+           that no branch joins in-flight accumulators (ptxas would insert a wait there): after the last tile
+           a k-step of a stale stage is issued and its result dropped. */
+        g90_issue(acc, sbase, full, 0, cw, true);
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            int mt = t % n_mt, nt = t / n_mt, n0 = nt * cols_per_tile;
+            for (int kt = 1; kt < n_k; kt++) {
+                it++;
+                g90_issue(acc, sbase, full, it, cw, false);
+                wg_wait<1>(); /* k-step it-1's group has completed: its stage is free */
+                if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % G90_STAGES));
+            }
+            wg_wait<0>(); /* the tile's last group has completed: acc is final, its stage is free */
+            reg_fence(acc);
+            if (lane == 0) mbar_arrive(empty + 8 * (it % G90_STAGES));
+            it++;
+#pragma unroll
+            for (int j = 0; j < 64; j++) pk[j] = pack_bf16x2(acc[2 * j], acc[2 * j + 1]);
+            reg_fence(pk); /* pk is computed here, before the next wgmma overwrites acc (volatile asm order) */
+            g90_issue(acc, sbase, full, it, cw, true, t + (int)gridDim.x < n_tiles);
+#else
         for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
             int mt = t % n_mt, nt = t / n_mt, n0 = nt * cols_per_tile;
             for (int kt = 0; kt < n_k; kt++, it++) {
-                int s = it % G90_STAGES;
-                uint32_t a_addr = sbase + s * G90_STAGE_BYTES + cw * 64 * 128, b_addr = sbase + s * G90_STAGE_BYTES + G90_A_BYTES;
-                mbar_wait(full + 8 * s, (it / G90_STAGES) & 1);
-                reg_fence(acc);
-                wg_fence();
-                /* k-step kk of 16: 32 kk bytes into every (swizzled) 128-byte row; 8-row groups 1024 B apart */
-#pragma unroll
-                for (int kk = 0; kk < G90_BK / 16; kk++)
-                    wgmma_256(acc, wg_desc(a_addr + kk * 32, 16, 1024), wg_desc(b_addr + kk * 32, 16, 1024), kt > 0 || kk > 0);
-                wg_commit();
-                reg_fence(acc);
+                g90_issue(acc, sbase, full, it, cw, kt == 0);
                 wg_wait<1>(); /* k-step kt-1's group has completed: its stage is free */
                 if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((it - 1) % G90_STAGES));
             }
             wg_wait<0>(); /* the tile's last group has completed: acc is final, its stage is free */
             reg_fence(acc);
             if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % G90_STAGES));
+            /* rounded to bf16: the outputs (plain), or gate and up as the unfused path stores them (swiglu) */
+#pragma unroll
+            for (int j = 0; j < 64; j++) pk[j] = pack_bf16x2(acc[2 * j], acc[2 * j + 1]);
+#endif
 
             /* epilogue: bf16 results -> this consumer's staging (128-byte swizzle: 16-byte chunk c of row r at
                chunk c ^ (r % 8), conflict-free) -> TMA store of [64 rows][128 columns], which runs on while the
-               next tile's k-loop starts; rows >= M are not written. Accumulator layout (per warp 16 rows):
-               acc[4 nb + e] is row g + 8 (e >> 1), column 8 nb + 2 tq + (e & 1). swiglu: one round (gate
-               column j and up column j + 128 -> output j); plain: two rounds of 128 columns. */
+               next tile's k-loop goes; rows >= M are not written (ZI_GEMM90_TMA_STORE=0: 4-byte global stores
+               from registers instead). Accumulator layout (per warp 16 rows): acc[4 nb + e] is row g + 8 (e >> 1),
+               column 8 nb + 2 tq + (e & 1). swiglu: one round (gate column j and up column j + 128 -> output j);
+               plain: two rounds of 128 columns. */
             int orow0 = mt * G90_BM + cw * 64;
             uint32_t stage_out = sbase + G90_OUT_OFF + cw * G90_OUT_BYTES;
 #pragma unroll
             for (int rd = 0; rd < (SWIGLU ? 1 : 2); rd++) {
-                if (tid == 0) tma_store_wait_read<0>();
-                asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* the staging's last store has read it */
+                if (ZI_GEMM90_TMA_STORE) {
+                    if (tid == 0) tma_store_wait_read<0>();
+                    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* the staging's last store has read it */
+                }
 #pragma unroll
                 for (int nb = 0; nb < 16; nb++)
 #pragma unroll
                     for (int hr = 0; hr < 2; hr++) {
-                        int i = 4 * nb + 2 * hr + 64 * rd, r = 16 * warp + g + 8 * hr, c = nb % 8;
-                        uint32_t v = SWIGLU ? pack_bf16x2(silu_mul(round_bf16(acc[i]), round_bf16(acc[i + 64])),
-                                                          silu_mul(round_bf16(acc[i + 1]), round_bf16(acc[i + 65])))
-                                            : pack_bf16x2(acc[i], acc[i + 1]);
-                        uint32_t dst = stage_out + (nb / 8) * G90_OUT_HALF + r * 128 + ((c ^ (r % 8)) * 16) + tq * 4;
-                        asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
+                        int j = 2 * nb + hr + 32 * rd, r = 16 * warp + g + 8 * hr, c = nb % 8;
+                        uint32_t v = SWIGLU ? silu_mul_bf16x2(pk[j], pk[j + 32]) : pk[j];
+                        if (ZI_GEMM90_TMA_STORE) {
+                            uint32_t dst = stage_out + (nb / 8) * G90_OUT_HALF + r * 128 + ((c ^ (r % 8)) * 16) + tq * 4;
+                            asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
+                        } else {
+                            int col = n0 + 128 * rd + 8 * nb + 2 * tq;
+                            if (orow0 + r < M && col < n_out)
+                                *reinterpret_cast<uint32_t *>(out + (size_t)(orow0 + r) * n_out + col) = v;
+                        }
                     }
-                fence_async_smem();
-                asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* all 128 threads' staging writes are in */
-                int col = n0 + 128 * rd;
-                if (tid == 0 && orow0 < M && col < n_out) {
-                    tma_store_2d(&tm_out, stage_out, col, orow0);
-                    if (col + 64 < n_out) tma_store_2d(&tm_out, stage_out + G90_OUT_HALF, col + 64, orow0);
-                    tma_store_commit();
+                if (ZI_GEMM90_TMA_STORE) {
+                    fence_async_smem();
+                    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* all 128 threads' staging writes are in */
+                    int col = n0 + 128 * rd;
+                    if (tid == 0 && orow0 < M && col < n_out) {
+                        tma_store_2d(&tm_out, stage_out, col, orow0);
+                        if (col + 64 < n_out) tma_store_2d(&tm_out, stage_out + G90_OUT_HALF, col + 64, orow0);
+                        tma_store_commit();
+                    }
                 }
             }
         }
+        if (ZI_GEMM90_OVERLAP) wg_wait<0>(); /* the dropped k-step after the last tile */
         if (tid == 0) tma_store_wait<0>(); /* the last stores are complete before the CTA (and its smem) goes */
     }
 #endif
@@ -241,9 +298,11 @@ static cudaError_t gemm_sm90_launch(bool swiglu, void *out, const void *in, cons
     int n_tiles = (int)(n_mt * n_nt), grid = n_tiles < n_sm ? n_tiles : n_sm;
     *taken = 1;
     if (swiglu)
-        gemm_sm90_kernel<true><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, mo, M, K, n_out, (int)n_mt, n_tiles);
+        gemm_sm90_kernel<true><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, mo, (bf16 *)out, M, K, n_out, (int)n_mt,
+                                                                              n_tiles);
     else
-        gemm_sm90_kernel<false><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, mo, M, K, n_out, (int)n_mt, n_tiles);
+        gemm_sm90_kernel<false><<<grid, G90_THREADS, G90_SMEM_BYTES, stream>>>(ma, mw, mo, (bf16 *)out, M, K, n_out, (int)n_mt,
+                                                                              n_tiles);
     return cudaGetLastError();
 }
 
