@@ -39,7 +39,7 @@ struct DitModel {
         void *q, *k, *v;    /* [S, D] each                                                */
         void *o;            /* [S, D] attention output before to_out                      */
         void *a;            /* [S, D] branch output                                       */
-        void *qkv;          /* [S, 3D] merged projection q|k|v                            */
+        void *gu;           /* [S, max(2F, 3D)] merged projections: q|k|v, then gate|up   */
         void *g;            /* [S, F] FFN hidden silu(gate) * up                          */
         void *lat;          /* [C*Fr*H*W] latent in, and out                              */
         void *patches;      /* [N, P] patch tokens in, then final-layer output             */
@@ -254,11 +254,11 @@ static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
     if (lat < m->max_lat) lat = m->max_lat;
     size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, A = (size_t)c->adaln_dim;
     size_t P = (size_t)c->f_patch * c->patch * c->patch * c->in_channels, Cc = (size_t)c->cap_feat_dim;
-    size_t e = be->act_size;
+    size_t e = be->act_size, GU = 2 * F > 3 * D ? 2 * F : 3 * D;
     struct { void **slot; size_t bytes; } spec[] = {
         {&m->t.x, S * D * e},     {&m->t.h, S * D * e},       {&m->t.q, S * D * e},
         {&m->t.k, S * D * e},     {&m->t.v, S * D * e},       {&m->t.o, S * D * e},
-        {&m->t.a, S * D * e},     {&m->t.qkv, S * 3 * D * e},  {&m->t.g, S * F * e},
+        {&m->t.a, S * D * e},     {&m->t.gu, S * GU * e},     {&m->t.g, S * F * e},
         {&m->t.lat, lat * e},     {&m->t.patches, N * P * e}, {&m->t.cap, L * Cc * e},
         {&m->t.capn, L * Cc * e}, {&m->t.tf, 256 * e},        {&m->t.th, (size_t)c->t_mid * e},
         {&m->t.c, A * e},         {&m->t.cs_silu, A * e},     {&m->t.mod, 4 * D * e},
@@ -299,8 +299,8 @@ static zi_status dit_attention(DitModel *m, const DitBlock *b, const void *x, co
     const ZiOps *op = be->ops;
     const DitConfig *c = &m->cfg;
     int D = c->dim, NH = c->n_heads, HD = c->head_dim;
-    ZI_TRY(op->matmul(be, m->t.qkv, x, b->to_q, NULL, S, D, 3 * D));             /* qkv [S, 3D]: to_q|to_k|to_v */
-    ZI_TRY(op->qkv_norm_rope(be, m->t.q, m->t.k, m->t.v, m->t.qkv, b->norm_q, b->norm_k, cs, S, NH, NH, HD, 1e-5f,
+    ZI_TRY(op->matmul(be, m->t.gu, x, b->to_q, NULL, S, D, 3 * D));             /* qkv [S, 3D]: to_q|to_k|to_v */
+    ZI_TRY(op->qkv_norm_rope(be, m->t.q, m->t.k, m->t.v, m->t.gu, b->norm_q, b->norm_k, cs, S, NH, NH, HD, 1e-5f,
                              1));                                               /* q, k, v [S, NH, HD]; norm_q/k eps fixed in diffusers */
     ZI_TRY(op->attention(be, m->t.o, m->t.q, m->t.k, m->t.v, S, NH, NH, HD, 0, 1.0f / sqrtf((float)HD))); /* o [S, D] */
     ZI_TRY(op->matmul(be, m->t.a, m->t.o, b->to_out, NULL, S, D, D));           /* a [S, D]            */
@@ -308,13 +308,14 @@ fail:
     return st;
 }
 
-/* FeedForward: w2(silu(w1 h) * w3 h), h = m->t.h [S, D] -> m->t.a [S, D]; b->w1 holds w1 then w3 [2F, D] */
+/* FeedForward: w2(silu(w1 h) * w3 h), h = m->t.h [S, D] -> m->t.a [S, D] */
 static zi_status dit_feed_forward(DitModel *m, const DitBlock *b, int S) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
     int D = m->cfg.dim, F = m->cfg.ffn_dim;
-    ZI_TRY(op->matmul_swiglu(be, m->t.g, m->t.h, b->w1, S, D, F));               /* g = silu(gate) * up [S, F] */
+    ZI_TRY(op->matmul(be, m->t.gu, m->t.h, b->w1, NULL, S, D, 2 * F));          /* gu [S, 2F]: w1|w3   */
+    ZI_TRY(op->swiglu_pair(be, m->t.g, m->t.gu, S, F));                         /* g = silu(gate) * up [S, F] */
     ZI_TRY(op->matmul(be, m->t.a, m->t.g, b->w2, NULL, S, F, D));               /* a [S, D]            */
 fail:
     return st;

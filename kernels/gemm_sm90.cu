@@ -5,7 +5,7 @@
  * in, w, out bf16 row-major, fp32 accumulation. The swiglu epilogue rounds gate and up to bf16 and
  * computes silu_mul (common.cuh) in fp32, exactly the rounding points of matmul + swiglu_pair.
  *
- * gemm_sm90_kernel: persistent (one CTA per SM, tiles t = blockIdx.x, + gridDim.x, ...), 3 warpgroups.
+ * gemm_sm90_kernel: persistent (one CTA per SM, tiles t = blockIdx.x, blockIdx.x + gridDim.x, ...), 3 warpgroups.
  *   Output tile: 128 rows x 256 accumulator columns. swiglu: columns 0..127 are gate features
  *   n0..n0+127 (w rows n0..), columns 128..255 the up features of the same n0 (w rows F+n0..), so a
  *   thread holds the gate and the up of each of its outputs (accumulator column j and j + 128) and
@@ -22,6 +22,9 @@
  *     has completed). Epilogue: results (bf16) staged in shared memory in the 128-byte swizzle, then one
  *     TMA store per 64 x 64 box, left running while the next tile's k-loop starts.
  *   setmaxnreg moves registers from the producer (40) to the consumers (232).
+ *   Lab knobs (-D...): ZI_GEMM90_STAGES (ring depth), ZI_GEMM90_TMA_STORE (0: 4-byte stores from registers
+ *   through `out`), ZI_GEMM90_OVERLAP (1: the next tile's first k-step is issued before the epilogue).
+ *   Their non-default settings measured slower or equal; see benchmarks/kernels/README.md.
  * sm_90a code only inside ZI_SM90_DEVICE_CODE (sm90.cuh): compiles for every arch of the fat binary;
  * the host runs it only where the sm_90a probe says the loaded code is sm_90a.
  * Environment: ZIMAGE_GEMM_SM90=0 turns this path off (read once). Timings: benchmarks/kernels/README.md.
