@@ -652,10 +652,7 @@ fail:
 
 static zi_status cuda_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F);
 
-/* out[M,F] = silu(in @ w[0:F]^T) * (in @ w[F:2F]^T). Hopper with sm_90a code: one fused kernel
-   (zi_matmul_swiglu_sm90_cuda: K % 8 == 0, F % 128 == 0, 16-byte aligned buffers). Otherwise the two ops
-   over bands of rows: matmul into cu->ffn [rows, 2F] (at most ffn_bytes, at least 16 rows), then
-   swiglu_pair; the same arithmetic and rounding points either way. */
+/* the fused sm_90a kernel as an op of its own (profiled as "matmul_swiglu"); *taken = 0: nothing ran */
 static zi_status matmul_swiglu_sm90(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F,
                                     int *taken) {
     OP_BEGIN(be);
@@ -667,6 +664,10 @@ fail:
     return st;
 }
 
+/* out[M,F] = silu(in @ w[0:F]^T) * (in @ w[F:2F]^T). Hopper with sm_90a code: one fused kernel
+   (zi_matmul_swiglu_sm90_cuda: K % 8 == 0, F % 128 == 0, 16-byte aligned buffers). Otherwise the two ops
+   over bands of rows: matmul into cu->ffn [rows, 2F] (at most ffn_bytes, at least 16 rows), then
+   swiglu_pair; the same arithmetic and rounding points either way. */
 static zi_status cuda_matmul_swiglu(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F) {
     zi_status st = ZI_OK;
     int taken = 0;
