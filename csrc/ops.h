@@ -34,6 +34,10 @@ typedef struct ZiOps {
     /* ---- linear algebra ---- */
     /* out[M,N] = in[M,K] @ w[N,K]^T (+ bias[N]) ; bias may be NULL */
     zi_status (*matmul)(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int M, int K, int N);
+    /* fused feed-forward input (matmul + swiglu_pair, without the [M, 2F] intermediate):
+       out[M,F] = silu(in @ w[0:F]^T) * (in @ w[F:2F]^T); w[2F,K] = gate rows, then up rows. Rounded as the
+       two ops are (gate and up to the activation type first) */
+    zi_status (*matmul_swiglu)(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F);
     /* out[S,NH*HD] = softmax(q k^T * scale [+ causal mask]) v per head; q[S,NH*HD], k/v[S,NKV*HD],
        query head h uses kv head h / (NH/NKV) */
     zi_status (*attention)(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,

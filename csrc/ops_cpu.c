@@ -325,6 +325,27 @@ static zi_status cpu_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M
     return ZI_OK;
 }
 
+/* matmul into [rows, 2F] scratch, then swiglu_pair, over bands of rows (a row's result does not depend on
+   the others, so this is the two ops' arithmetic exactly) */
+static zi_status cpu_matmul_swiglu(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F) {
+    zi_status st = ZI_OK;
+    if (M <= 0 || F <= 0) return ZI_OK;
+    size_t row_bytes = (size_t)2 * F * sizeof(float);
+    int band = (int)(((size_t)16 << 20) / row_bytes);
+    if (band < 8) band = 8;
+    if (band > M) band = M;
+    float *gu = NULL;
+    ZI_MALLOC(gu, (size_t)band * row_bytes);
+    for (int m0 = 0; m0 < M && st == ZI_OK; m0 += band) {
+        int rows = M - m0 < band ? M - m0 : band;
+        st = cpu_matmul(be, gu, CF(in) + (size_t)m0 * K, w, NULL, rows, K, 2 * F);      /* gu [rows, 2F] */
+        if (st == ZI_OK) st = cpu_swiglu_pair(be, F(out) + (size_t)m0 * F, gu, rows, F); /* out [rows, F] */
+    }
+fail:
+    free(gu);
+    return st;
+}
+
 static zi_status cpu_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
                                    const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
                                    int interleaved) {
@@ -626,6 +647,7 @@ const ZiOps zi_ops_cpu = {
     .download = cpu_download,
     .synchronize = cpu_synchronize,
     .matmul = cpu_matmul,
+    .matmul_swiglu = cpu_matmul_swiglu,
     .attention = cpu_attention,
     .rmsnorm = cpu_rmsnorm,
     .rmsnorm_scale = cpu_rmsnorm_scale,

@@ -29,6 +29,7 @@
 #define LT_TUNE_FLOP 2e10                /* time the candidates of products above this    */
 #define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
 #define ATTN_SCRATCH_MB 32               /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
+#define FFN_SCRATCH_MB 64                /* matmul_swiglu without the sm_90a kernel: [rows, 2F] bands (env ZIMAGE_FFN_SCRATCH_MB) */
 #define CONV_SCRATCH_MB 128              /* a conv's packed NHWC input; larger images go in row bands */
 
 /* one cuBLASLt problem: column-major C[m,n] = alpha op(A) op(B) (+ bias[m]) + beta C; A, B bf16, C bf16 or f32 */
@@ -64,7 +65,9 @@ typedef struct ZiCuda {
     int nplans, evict;
     Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm + sumsq, copy */
     Scratch attn;                    /* HD > 128 attention: fp32 scores + bf16 P chunk   */
+    Scratch ffn;                     /* matmul_swiglu fallback: gate|up of a band of rows */
     size_t attn_bytes;               /* cap of attn (ZIMAGE_ATTN_SCRATCH_MB)             */
+    size_t ffn_bytes;                /* cap of ffn (ZIMAGE_FFN_SCRATCH_MB)               */
     size_t conv_bytes;               /* cap of a conv's packed input (ZIMAGE_CONV_SCRATCH_MB) */
     void *pinned[2];                 /* host staging, STAGE_BYTES each (NULL until used) */
     void *dstage[2];                 /* device staging, STAGE_BYTES each                 */
@@ -160,7 +163,7 @@ static cudaError_t set_device(ZiCuda *cu) {
 /* The scratch buffers and the staging buffers back to the device and the host (they regrow on use);
    caller holds the lock and has waited for the stream */
 static void release_scratch(ZiCuda *cu) {
-    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
+    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn, &cu->ffn};
     cu->scratch_epoch++; /* recorded graphs may point into them */
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
         mem_track_remove(sc[i]->p);
@@ -337,6 +340,8 @@ zi_status zi_backend_cuda_create(int device, ZiBackend **out) {
     cu->conv_bytes = (size_t)(cmb && atoi(cmb) > 0 ? atoi(cmb) : CONV_SCRATCH_MB) << 20;
     const char *amb = getenv("ZIMAGE_ATTN_SCRATCH_MB");
     cu->attn_bytes = (size_t)(amb && atoi(amb) > 0 ? atoi(amb) : ATTN_SCRATCH_MB) << 20;
+    const char *fmb = getenv("ZIMAGE_FFN_SCRATCH_MB");
+    cu->ffn_bytes = (size_t)(fmb && atoi(fmb) > 0 ? atoi(fmb) : FFN_SCRATCH_MB) << 20;
     CU_TRY(cudaSetDevice(device));
     CU_TRY(cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking));
     if (cu->profile) atexit(prof_report); /* after cudart's own exit handler was registered: runs before it */
@@ -660,6 +665,50 @@ static zi_status cuda_matmul(ZiBackend *be, void *out, const void *in, const voi
         CU_TRY(zi_add_bias_cuda(out, bias, M, N, STREAM(cu)));
     }
     return op_end(cu, "matmul");
+fail:
+    return st;
+}
+
+static zi_status cuda_swiglu_pair(ZiBackend *be, void *out, const void *gu, int M, int F);
+
+/* the fused sm_90a kernel as an op of its own (profiled as "matmul_swiglu"); *taken = 0: nothing ran */
+static zi_status matmul_swiglu_sm90(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F,
+                                    int *taken) {
+    OP_BEGIN(be);
+    if (cu->profile) snprintf(cu->prof_key, sizeof cu->prof_key, "matmul_swiglu M=%d K=%d F=%d", M, K, F);
+    CU_TRY(zi_matmul_swiglu_sm90_cuda(out, in, w, M, K, F, STREAM(cu), taken));
+    if (!*taken) return ZI_OK; /* nothing ran (the next OP_BEGIN drops the unused start event) */
+    return op_end(cu, "matmul_swiglu");
+fail:
+    return st;
+}
+
+/* out[M,F] = silu(in @ w[0:F]^T) * (in @ w[F:2F]^T). Hopper with sm_90a code: one fused kernel
+   (zi_matmul_swiglu_sm90_cuda: K % 8 == 0, F % 128 == 0, 16-byte aligned buffers). Otherwise the two ops
+   over bands of rows: matmul into cu->ffn [rows, 2F] (at most ffn_bytes, at least 16 rows), then
+   swiglu_pair; the same arithmetic and rounding points either way. */
+static zi_status cuda_matmul_swiglu(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F) {
+    zi_status st = ZI_OK;
+    int taken = 0;
+    if (M <= 0 || F <= 0) return ZI_OK;
+    if (K <= 0) return zi_fail(ZI_ERR_ARG, "matmul_swiglu: reduction size K = %d", K);
+    ZI_TRY(matmul_swiglu_sm90(be, out, in, w, M, K, F, &taken));
+    if (taken) return ZI_OK;
+    ZiCuda *cu = (ZiCuda *)be->impl;
+    size_t row_bytes = (size_t)2 * F * 2;
+    size_t band = cu->ffn_bytes / row_bytes;
+    if (band < 16) band = 16;
+    if (band > (size_t)M) band = (size_t)M;
+    pthread_mutex_lock(&cu->lock);
+    st = scratch_reserve(cu, &cu->ffn, band * row_bytes);
+    void *gu = cu->ffn.p;
+    pthread_mutex_unlock(&cu->lock);
+    if (st != ZI_OK) return st;
+    for (int m0 = 0; m0 < M; m0 += (int)band) {
+        int rows = M - m0 < (int)band ? M - m0 : (int)band;
+        ZI_TRY(cuda_matmul(be, gu, (const char *)in + (size_t)m0 * K * 2, w, NULL, rows, K, 2 * F)); /* gu [rows, 2F] */
+        ZI_TRY(cuda_swiglu_pair(be, (char *)out + (size_t)m0 * F * 2, gu, rows, F));                 /* out [rows, F] */
+    }
 fail:
     return st;
 }
@@ -1361,6 +1410,7 @@ static const ZiOps zi_ops_cuda = {
     .download = cuda_download,
     .synchronize = cuda_synchronize,
     .matmul = cuda_matmul,
+    .matmul_swiglu = cuda_matmul_swiglu,
     .attention = cuda_attention,
     .rmsnorm = cuda_rmsnorm,
     .rmsnorm_scale = cuda_rmsnorm_scale,

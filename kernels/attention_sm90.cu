@@ -22,19 +22,15 @@
  *   Lab knobs (-D...): ZI_ATTN90_STAGES (ring depth), ZI_ATTN90_PINGPONG (the consumers take turns
  *   issuing their wgmma batches, FA3's inter-warpgroup schedule). Timings: benchmarks/kernels/README.md.
  *
- * All sm_90a-only device code is inside `#if ... __CUDA_ARCH_FEAT_SM90_ALL`: the file compiles for
- * every arch of the fat binary, and sm90a_probe_kernel tells the host (once per device) whether the
+ * All sm_90a-only device code is inside `#ifdef ZI_SM90_DEVICE_CODE`: the file compiles for every
+ * arch of the fat binary, and the sm_90a probe (sm90.cuh) tells the host (once per device) whether the
  * loaded binary really holds sm_90a code, so an sm_80-only build JIT-compiled on an H100 never runs
- * the empty kernel body.
- * The tensor-map encoder comes from cudaGetDriverEntryPointByVersion (cudart is linked statically,
- * libcuda is not linked). Environment: ZIMAGE_ATTN_SM90=0 turns this path off (read once).
+ * the empty kernel body. The PTX wrappers, the probe and the tensor-map helpers live in sm90.cuh
+ * (shared with gemm_sm90.cu). Environment: ZIMAGE_ATTN_SM90=0 turns this path off (read once).
  */
-#include "common.cuh"
+#include "sm90.cuh"
 
-#include <cuda.h> /* CUtensorMap and its enums (types only; no libcuda symbol is referenced) */
-#include <cudaTypedefs.h>
 #include <math.h>
-#include <stdlib.h>
 
 #define A90_HD 128            /* head dim (the only one this kernel takes)                     */
 #define A90_BM 128            /* query rows per CTA = 2 consumer warpgroups x 64               */
@@ -65,68 +61,10 @@
 
 #define A90_LOG2E 1.4426950408889634f
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define A90_DEVICE_CODE 1
-#endif
-
 // ----------------------------------------------------------------------------------------------
 // PTX wrappers (sm_90a)
 
-#ifdef A90_DEVICE_CODE
-static __device__ __forceinline__ uint32_t a90_smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-static __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-static __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-static __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-/* spin until the barrier's phase with parity `parity` has completed */
-static __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "WAIT_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra WAIT_%=;\n"
-        "}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
-
-/* box of the 2D tensor map at (c0 = column, c1 = row) -> shared memory, completion counted on bar */
-static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-        "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar)
-        : "memory");
-}
-
-/* wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading / stride byte
-   offsets (>> 4 each), layout type 1 in bits 62-63; base offset 0 (every tile is 1024-byte aligned) */
-static __device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)((lbo >> 4) & 0x3FFF) << 16 |
-           (uint64_t)((sbo >> 4) & 0x3FFF) << 32 | (uint64_t)1 << 62;
-}
-
-static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-static __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-
-/* keeps the compiler from moving accesses of registers that an in-flight wgmma owns across this point */
-static __device__ __forceinline__ void reg_fence(float (&d)[64]) {
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-static __device__ __forceinline__ void reg_fence(uint32_t (&d)[32]) {
-#pragma unroll
-    for (int i = 0; i < 32; i++) asm volatile("" : "+r"(d[i])::"memory");
-}
-
+#ifdef ZI_SM90_DEVICE_CODE
 #define A90_D64_STR                                                                                          \
     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                             \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                    \
@@ -169,11 +107,6 @@ static __device__ __forceinline__ float fast_exp2(float x) {
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
-static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
-
 // ----------------------------------------------------------------------------------------------
 // consumer: 64 query rows (rows q0 + 64 cw ...), 128 threads
 
@@ -273,7 +206,7 @@ static __device__ __forceinline__ void a90_pack_p(uint32_t (&p)[32], const float
    every barrier phase gets exactly 256 arrivals. */
 static __device__ __forceinline__ void pp_wait(int cw) { asm volatile("bar.sync %0, 256;\n" ::"r"(3 + cw) : "memory"); }
 static __device__ __forceinline__ void pp_pass(int cw) { asm volatile("bar.arrive %0, 256;\n" ::"r"(4 - cw) : "memory"); }
-#endif /* A90_DEVICE_CODE */
+#endif /* ZI_SM90_DEVICE_CODE */
 
 // ----------------------------------------------------------------------------------------------
 
@@ -281,11 +214,11 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
     attention_sm90_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                           const __grid_constant__ CUtensorMap tm_v, bf16 *out, int S, int NH, int NKV, float sl2,
                           int causal, int n_qt) {
-#ifdef A90_DEVICE_CODE
+#ifdef ZI_SM90_DEVICE_CODE
     extern __shared__ unsigned char a90_smem_raw[];
     /* offset from the array itself (not an integer round-trip) keeps the accesses below st/ld.shared */
-    unsigned char *sm = a90_smem_raw + ((1024 - (a90_smem_u32(a90_smem_raw) & 1023)) & 1023);
-    uint32_t sbase = a90_smem_u32(sm);
+    unsigned char *sm = a90_smem_raw + ((1024 - (smem_u32(a90_smem_raw) & 1023)) & 1023);
+    uint32_t sbase = smem_u32(sm);
     uint32_t q_full = sbase + A90_BAR_OFF, k_full = q_full + 8, v_full = k_full + 8 * A90_STAGES,
              k_empty = v_full + 8 * A90_STAGES, v_empty = k_empty + 8 * A90_STAGES; /* + 8 * stage */
 
@@ -305,8 +238,7 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
             mbar_init(k_empty + 8 * s, 8); /* lane 0 of each of the 8 consumer warps */
             mbar_init(v_empty + 8 * s, 8);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        mbar_init_fence();
     }
     __syncthreads(); /* the mbarriers are initialised before any thread waits on them or TMA signals them */
 
@@ -422,93 +354,20 @@ __global__ void __launch_bounds__(A90_THREADS, 1)
 #endif
 }
 
-/* writes 1 where this binary's code for the running device was compiled for sm_90a */
-__global__ void sm90a_probe_kernel(int *flag) {
-#ifdef A90_DEVICE_CODE
-    *flag = 1;
-#else
-    *flag = 0;
-#endif
-}
-
 // ----------------------------------------------------------------------------------------------
 // host side
-
-#define A90_MAX_DEVICES 64
-
-/* 1 when device dev can run attention_sm90_kernel: compute capability 9.x, enough shared memory, the
-   loaded code is sm_90a (probe), the tensor-map encoder exists. Probed once per device (a synchronous
-   copy; skipped, without caching, while `stream` is being captured into a graph). The per-process caches
-   here are read and written atomically: threads racing on a first call probe twice and agree. */
-static int sm90_ready(int dev, cudaStream_t stream) {
-    static int state[A90_MAX_DEVICES]; /* 0 unknown, 1 ready, 2 not */
-    if (dev < 0 || dev >= A90_MAX_DEVICES) return 0;
-    int known = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
-    if (known) return known == 1;
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) return 0;
-    int major = 0, optin = 0, ok = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (major == 9 && optin >= A90_SMEM_BYTES) {
-        int *d_flag = NULL, flag = 0;
-        if (cudaMalloc(&d_flag, sizeof(int)) == cudaSuccess) {
-            sm90a_probe_kernel<<<1, 1>>>(d_flag);
-            if (cudaMemcpy(&flag, d_flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess && flag == 1) ok = 1;
-            cudaFree(d_flag);
-        }
-        if (ok)
-            ok = cudaFuncSetAttribute(attention_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      A90_SMEM_BYTES) == cudaSuccess;
-    }
-    (void)cudaGetLastError(); /* a failed probe is an answer, not an error of the caller's op */
-    __atomic_store_n(&state[dev], ok ? 1 : 2, __ATOMIC_RELEASE);
-    return ok;
-}
-
-static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(void) {
-    static void *fn;
-    static int tried;
-    if (!__atomic_load_n(&tried, __ATOMIC_ACQUIRE)) {
-        void *p = NULL;
-        cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-            q != cudaDriverEntryPointSuccess)
-            p = NULL;
-        (void)cudaGetLastError();
-        __atomic_store_n(&fn, p, __ATOMIC_RELAXED);
-        __atomic_store_n(&tried, 1, __ATOMIC_RELEASE);
-    }
-    return (PFN_cuTensorMapEncodeTiled_v12000)__atomic_load_n(&fn, __ATOMIC_RELAXED);
-}
-
-/* map over a row-major [rows][cols] bf16 matrix, boxes of 64 columns (128 bytes) x box_rows rows with the
-   128-byte swizzle; rows past `rows` read as zero */
-static bool encode_map(PFN_cuTensorMapEncodeTiled_v12000 enc, CUtensorMap *map, const void *base, int rows, int cols,
-                       int box_rows) {
-    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(bf16)};
-    cuuint32_t box[2] = {64, (cuuint32_t)box_rows}, estr[2] = {1, 1};
-    return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(base), dims, strides, box, estr,
-               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
 
 extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH,
                                               int NKV, int HD, int causal, float scale, cudaStream_t stream,
                                               int *taken) {
-    static int disabled_cache = -1;
+    static int disabled_cache = -1, ready[ZI_SM90_MAX_DEVICES];
+    static const void *const kernels[] = {(const void *)attention_sm90_kernel};
     *taken = 0;
-    int disabled = __atomic_load_n(&disabled_cache, __ATOMIC_RELAXED);
-    if (disabled < 0) {
-        const char *e = getenv("ZIMAGE_ATTN_SM90");
-        disabled = e && e[0] == '0';
-        __atomic_store_n(&disabled_cache, disabled, __ATOMIC_RELAXED);
-    }
-    if (disabled || HD != A90_HD || S <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || !(scale > 0.0f))
+    if (sm90_env_off("ZIMAGE_ATTN_SM90", &disabled_cache) || HD != A90_HD || S <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || !(scale > 0.0f))
         return cudaSuccess;
     if (!is_aligned16(out) || !is_aligned16(q) || !is_aligned16(k) || !is_aligned16(v)) return cudaSuccess;
     int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || !sm90_ready(dev, stream)) {
+    if (cudaGetDevice(&dev) != cudaSuccess || !sm90_kernels_ready(ready, dev, stream, A90_SMEM_BYTES, kernels, 1)) {
         (void)cudaGetLastError();
         return cudaSuccess;
     }

@@ -1,7 +1,7 @@
 /*
  * common.cuh - small device helpers shared by the kernels: bf16 <-> f32, 8-wide packed
  * loads/stores, warp and block reductions, grid sizing. Defines: bf16, ld8/st8, warp_sum,
- * warp_max, block_sum, block_max, grid_for, is_aligned16.
+ * warp_max, block_sum, block_max, grid_for, is_aligned16, silu_mul.
  */
 #ifndef ZI_COMMON_CUH
 #define ZI_COMMON_CUH
@@ -36,6 +36,10 @@ static __device__ __forceinline__ void st8(bf16 *p, const float f[8]) {
     for (int i = 0; i < 4; i++) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
     *reinterpret_cast<uint4 *>(p) = u;
 }
+
+/* silu(a) * b in fp32, the one formula of every SwiGLU on the device (swiglu, swiglu_pair, the
+   matmul_swiglu epilogue), so the fused and unfused paths round identically */
+static __device__ __forceinline__ float silu_mul(float a, float b) { return a / (1.0f + expf(-a)) * b; }
 
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -15,7 +15,7 @@ struct OpOnePlus  { __device__ float operator()(float a, float) const { return 1
 struct OpTanh     { __device__ float operator()(float a, float) const { return tanhf(a); } };
 struct OpSilu     { __device__ float operator()(float a, float) const { return a / (1.0f + expf(-a)); } };
 struct OpAdd      { __device__ float operator()(float a, float b) const { return a + b; } };
-struct OpSwiglu   { __device__ float operator()(float a, float b) const { return a / (1.0f + expf(-a)) * b; } };
+struct OpSwiglu   { __device__ float operator()(float a, float b) const { return silu_mul(a, b); } };
 
 /* b may be NULL for unary ops; VEC: 8 elements per step (n8 = n / 8 steps), then the tail */
 template <bool VEC, class F>

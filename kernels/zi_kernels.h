@@ -128,6 +128,17 @@ cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const voi
 cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV,
                                    int HD, int causal, float scale, cudaStream_t stream, int *taken);
 
+/* ---- Hopper GEMM (gemm_sm90.cu): TMA + wgmma, persistent, sm_90a only ---- */
+/* out[M,F] = silu(bf16(in[M,K] @ w[0:F,K]^T)) * bf16(in @ w[F:2F,K]^T), w = [2F, K] (gate rows, then up rows),
+   rounded as matmul + zi_swiglu_pair_cuda. Takes K % 8 == 0, F % 128 == 0 and 16-byte aligned buffers on a
+   compute capability 9.x device whose loaded code is sm_90a; *taken = 0 (nothing launched, cudaSuccess)
+   otherwise. ZIMAGE_GEMM_SM90=0 turns it off. */
+cudaError_t zi_matmul_swiglu_sm90_cuda(void *out, const void *in, const void *w, int M, int K, int F,
+                                       cudaStream_t stream, int *taken);
+/* out[M,N] = in[M,K] @ w[N,K]^T, the same kernel with a plain epilogue (K % 8 == 0, N % 8 == 0); *taken as above */
+cudaError_t zi_matmul_sm90_cuda(void *out, const void *in, const void *w, int M, int K, int N, cudaStream_t stream,
+                                int *taken);
+
 /* p[r, j] (bf16) = softmax_j(s[r, j]) over j < cols (row stride ld, fp32 scores already scaled); causal:
    only j <= row0 + r count, the rest of the row is 0. Used by the GEMM attention path for HD > 128. */
 cudaError_t zi_softmax_rows_cuda(void *p, const float *s, int rows, int cols, int ld, int row0, int causal,

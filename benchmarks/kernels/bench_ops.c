@@ -8,13 +8,17 @@
  * Random bf16 inputs (never zeros), 3 warm-up calls, then the median of REPS timed calls, each
  * bracketed by a stream synchronize (host clock), and the mean of REPS calls issued back to back
  * between two synchronizes (launch latency hidden, as in event timings). Prints ms and TFLOP/s (GB/s
- * for the packing), and first whether the sm_90a attention kernel takes HD = 128 here.
+ * for the packing), and first whether the sm_90a attention kernel takes HD = 128 here. The DiT feed-forward
+ * input both ways (matmul N=2F + swiglu_pair, and the fused matmul_swiglu) and the sm_90a GEMM with its plain
+ * epilogue (gemm_sm90) next to cuBLASLt, each followed by a comparison of its output with the other path
+ * (BENCH_NO_COMPARE=1: no comparison).
  * Build and run: make -C benchmarks/kernels bench   (see the Makefile there); bench_ops [substring]
  */
 #include "bench_util.h"
 #include "ops.h"
 #include "zi_kernels.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +47,9 @@ static void *rand_buf(ZiBackend *be, size_t n, float amp) {
    1..12 tile (kernels/conv.cu), CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only,
    CONV_STATS groupnorm statistics only (G = 32), CONV_PACK_GN packing with groupnorm + SiLU (statistics made once) */
 enum { CONV_GN = 100, CONV_UP, CONV_PACK, CONV_STATS, CONV_PACK_GN };
-typedef enum { B_MATMUL, B_ATTN, B_CONV } Kind;
+/* B_FFN: a = M, b = K, c = F; e = 0 matmul N=2F into scratch + swiglu_pair, 1 matmul_swiglu.
+   B_GEMM90: the sm_90a GEMM with its plain epilogue (zi_matmul_sm90_cuda, default stream), a = M, b = K, c = N */
+typedef enum { B_MATMUL, B_ATTN, B_CONV, B_FFN, B_GEMM90 } Kind;
 typedef struct { Kind kind; int a, b, c, d, e; char what[64]; } Case;
 
 static void conv_env(int variant) {
@@ -58,10 +64,65 @@ static void conv_env(int variant) {
     }
 }
 
+/* the backend's stream and the default stream (B_GEMM90 runs there) */
+static zi_status sync_all(ZiBackend *be) {
+    zi_status st = be->ops->synchronize(be);
+    cudaError_t e = cudaDeviceSynchronize();
+    return st != ZI_OK ? st : e == cudaSuccess ? ZI_OK : zi_fail(ZI_ERR_CUDA, "sync: %s", cudaGetErrorString(e));
+}
+
+/* B_GEMM90 against cuBLASLt (ops->matmul), B_FFN fused against unfused, on the outputs of the timed calls:
+   max |a - b| / max |b| and the share of elements that differ at all */
+static void compare_outputs(ZiBackend *be, const Case *c, void **buf) {
+    size_t n = (size_t)c->a * c->c;
+    void *ref = NULL, *gu = NULL;
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    zi_status st = be->ops->alloc(be, &ref, n * 2);
+    if (st == ZI_OK && c->kind == B_GEMM90) st = be->ops->matmul(be, ref, buf[1], buf[2], NULL, c->a, c->b, c->c);
+    if (st == ZI_OK && c->kind == B_FFN) {
+        st = be->ops->alloc(be, &gu, 2 * n * 2);
+        if (st == ZI_OK) st = be->ops->matmul(be, gu, buf[1], buf[2], NULL, c->a, c->b, 2 * c->c);
+        if (st == ZI_OK) st = be->ops->swiglu_pair(be, ref, gu, c->a, c->c);
+    }
+    if (st == ZI_OK) st = sync_all(be);
+    if (st == ZI_OK) st = be->ops->download(be, a, buf[0], n);
+    if (st == ZI_OK) st = be->ops->download(be, b, ref, n);
+    if (st == ZI_OK) {
+        double d = 0, m = 0;
+        size_t ndiff = 0;
+        for (size_t i = 0; i < n; i++) {
+            double e = fabs((double)a[i] - b[i]);
+            d = e > d || e != e ? e : d;
+            m = fabs(b[i]) > m ? fabs(b[i]) : m;
+            ndiff += a[i] != b[i];
+        }
+        printf("    vs %s: max|diff| / max|ref| = %.3g, %.4f%% of elements differ\n",
+               c->kind == B_GEMM90 ? "cuBLASLt" : "matmul+swiglu_pair", d / (m > 0 ? m : 1), 100.0 * ndiff / n);
+    } else {
+        printf("    compare failed: %s\n", zi_last_error());
+    }
+    be->ops->free(be, ref);
+    be->ops->free(be, gu);
+    free(a);
+    free(b);
+}
+
 static zi_status run(ZiBackend *be, const Case *c, void **buf) {
     int pad = c->d / 2, Ci = c->a, H = c->b, Co = c->c, k = c->d;
     switch (c->kind) {
     case B_MATMUL: return be->ops->matmul(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->c);
+    case B_FFN: {
+        zi_status st = ZI_OK;
+        if (c->e) return be->ops->matmul_swiglu(be, buf[0], buf[1], buf[2], c->a, c->b, c->c);
+        st = be->ops->matmul(be, buf[3], buf[1], buf[2], NULL, c->a, c->b, 2 * c->c); /* gu [M, 2F] */
+        return st == ZI_OK ? be->ops->swiglu_pair(be, buf[0], buf[3], c->a, c->c) : st;
+    }
+    case B_GEMM90: {
+        int taken = 0;
+        cudaError_t e = zi_matmul_sm90_cuda(buf[0], buf[1], buf[2], c->a, c->b, c->c, 0, &taken);
+        if (e == cudaSuccess && !taken) return zi_fail(ZI_ERR_STATE, "sm_90a GEMM not taken on this device/binary");
+        return e == cudaSuccess ? ZI_OK : zi_fail(ZI_ERR_CUDA, "gemm_sm90: %s", cudaGetErrorString(e));
+    }
     case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->d ? c->d : c->b, c->c, c->e,
                                            0.0883883f);
     default:
@@ -102,6 +163,17 @@ int main(int argc, char **argv) {
         {B_MATMUL, 4128, 3840, 3840, 0, 0, "matmul M=4128 K=3840 N=3840 +bias"},
         {B_MATMUL, 4128, 3840, 10240, 0, 0, "matmul M=4128 K=3840 N=10240"},
         {B_MATMUL, 4128, 10240, 3840, 0, 0, "matmul M=4128 K=10240 N=3840"},
+        {B_MATMUL, 4128, 3840, 11520, 0, 0, "matmul M=4128 K=3840 N=11520"},
+        {B_MATMUL, 4128, 3840, 20480, 0, 0, "matmul M=4128 K=3840 N=20480"},
+        {B_GEMM90, 4128, 3840, 3840, 0, 0, "gemm_sm90 M=4128 K=3840 N=3840"},
+        {B_GEMM90, 4128, 3840, 10240, 0, 0, "gemm_sm90 M=4128 K=3840 N=10240"},
+        {B_GEMM90, 4128, 10240, 3840, 0, 0, "gemm_sm90 M=4128 K=10240 N=3840"},
+        {B_GEMM90, 4128, 3840, 11520, 0, 0, "gemm_sm90 M=4128 K=3840 N=11520"},
+        {B_GEMM90, 4128, 3840, 20480, 0, 0, "gemm_sm90 M=4128 K=3840 N=20480"},
+        {B_FFN, 4128, 3840, 10240, 0, 0, "ffn M=4128 K=3840 F=10240 matmul+swiglu_pair"},
+        {B_FFN, 4128, 3840, 10240, 0, 1, "ffn M=4128 K=3840 F=10240 matmul_swiglu"},
+        {B_FFN, 4096, 3840, 10240, 0, 0, "ffn M=4096 K=3840 F=10240 matmul+swiglu_pair"},
+        {B_FFN, 4096, 3840, 10240, 0, 1, "ffn M=4096 K=3840 F=10240 matmul_swiglu"},
         {B_ATTN, 4128, 30, 128, 0, 0, "attention S=4128 NH=30 HD=128"},
         {B_ATTN, 1024, 32, 128, 8, 1, "attention S=1024 NH=32 NKV=8 HD=128 causal"},
         {B_ATTN, 16384, 1, 512, 0, 0, "attention S=16384 NH=1 HD=512 (VAE 1024^2)"},
@@ -148,11 +220,16 @@ int main(int argc, char **argv) {
         if (filter && !strstr(c->what, filter)) continue;
         void *buf[6] = {0};
         double flop;
-        if (c->kind == B_MATMUL) {
+        if (c->kind == B_MATMUL || c->kind == B_GEMM90) {
             size_t M = c->a, K = c->b, N = c->c;
             buf[0] = rand_buf(be, M * N, 1), buf[1] = rand_buf(be, M * K, 1), buf[2] = rand_buf(be, N * K, 0.02f);
             buf[3] = i == 0 ? rand_buf(be, N, 1) : NULL;
             flop = 2.0 * M * N * K;
+        } else if (c->kind == B_FFN) {
+            size_t M = c->a, K = c->b, F = c->c;
+            buf[0] = rand_buf(be, M * F, 1), buf[1] = rand_buf(be, M * K, 1), buf[2] = rand_buf(be, 2 * F * K, 0.02f);
+            buf[3] = rand_buf(be, M * 2 * F, 1);
+            flop = 2.0 * M * 2 * F * K;
         } else if (c->kind == B_ATTN) {
             size_t n = (size_t)c->a * c->b * c->c, nkv = (size_t)c->a * (c->d ? c->d : c->b) * c->c;
             for (int j = 0; j < 4; j++) buf[j] = rand_buf(be, j == 0 || j == 1 ? n : nkv, 1);
@@ -173,18 +250,18 @@ int main(int argc, char **argv) {
         double t[REPS];
         zi_status st = ZI_OK;
         for (int r = 0; r < 3 && st == ZI_OK; r++) st = run(be, c, buf);
-        if (st == ZI_OK) st = be->ops->synchronize(be);
+        if (st == ZI_OK) st = sync_all(be);
         for (int r = 0; r < REPS && st == ZI_OK; r++) {
             double t0 = now();
             st = run(be, c, buf);
-            if (st == ZI_OK) st = be->ops->synchronize(be);
+            if (st == ZI_OK) st = sync_all(be);
             t[r] = now() - t0;
         }
         double b2b = 0.0;
         if (st == ZI_OK) {
             double t0 = now();
             for (int r = 0; r < REPS && st == ZI_OK; r++) st = run(be, c, buf);
-            if (st == ZI_OK) st = be->ops->synchronize(be);
+            if (st == ZI_OK) st = sync_all(be);
             b2b = (now() - t0) / REPS;
         }
         if (st != ZI_OK) {
@@ -193,6 +270,8 @@ int main(int argc, char **argv) {
             qsort(t, REPS, sizeof t[0], cmp);
             printf("%-44s %10.3f %10.1f %10.3f %10.1f\n", c->what, t[REPS / 2] * 1e3, flop / t[REPS / 2] / 1e12,
                    b2b * 1e3, flop / b2b / 1e12);
+            if ((c->kind == B_GEMM90 || (c->kind == B_FFN && c->e)) && !getenv("BENCH_NO_COMPARE"))
+                compare_outputs(be, c, buf);
         }
         const Case *nx = i + 1 < ncases ? &cases[i + 1] : NULL;
         int keep = c->kind == B_CONV && nx && nx->kind == B_CONV && nx->a == c->a && nx->b == c->b && nx->c == c->c &&

@@ -456,6 +456,31 @@ done:
     ten_free(t, &y);
 }
 
+/* out[M,F] = silu(x w[0:F]^T) * (x w[F:2F]^T), w[2F,K]. The same-precision reference (pt) rounds gate and up
+   to bf16 before swiglu_pair, as the device does on both of its paths (fused kernel, or matmul + swiglu_pair) */
+static void test_matmul_swiglu(T *t, int M, int K, int F, int off) {
+    char name[96];
+    snprintf(name, sizeof name, "matmul_swiglu M=%d K=%d F=%d%s", M, K, F, off ? " unaligned" : "");
+    if (skip(name)) return;
+    Ten x, w, y;
+    float amp = 6.0f / sqrtf((float)K); /* gate and up of std ~2: the whole silu curve */
+    float *gu = malloc((size_t)M * 2 * F * sizeof(float));
+    ten_rand(t, &x, (size_t)M * K, -1, 1, off);
+    ten_rand(t, &w, (size_t)2 * F * K, -amp, amp, 0);
+    ten_out(t, &y, (size_t)M * F, 0);
+    t->cpu->ops->matmul_swiglu(t->cpu, y.c, x.c, w.c, M, K, F);
+    t->cpu->ops->matmul(t->cpu, gu, x.r, w.r, NULL, M, K, 2 * F);
+    for (size_t i = 0; i < (size_t)M * 2 * F; i++) gu[i] = bf(gu[i]);
+    t->cpu->ops->swiglu_pair(t->cpu, y.r, gu, M, F);
+    GPU_OK(t, name, t->gpu->ops->matmul_swiglu(t->gpu, y.d, x.d, w.d, M, K, F));
+    check(t, name, &y);
+done:
+    free(gu);
+    ten_free(t, &x);
+    ten_free(t, &w);
+    ten_free(t, &y);
+}
+
 /* q, k and v of one merged projection; checked one output at a time */
 static void test_qkv_norm_rope(T *t, int S, int NH, int NKV, int HD, int norm, int interleaved) {
     char name[96];
@@ -1063,6 +1088,7 @@ int main(int argc, char **argv) {
     g_filter = argc > 1 ? argv[1] : NULL;
     setenv("ZIMAGE_ATTN_SCRATCH_MB", "1", 0); /* small score chunks, so the HD > 128 path really chunks */
     setenv("ZIMAGE_CONV_SCRATCH_MB", "1", 0); /* conv inputs over 1 MiB packed in row bands              */
+    setenv("ZIMAGE_FFN_SCRATCH_MB", "1", 0);  /* matmul_swiglu's unfused path in bands of rows            */
     if (zi_cuda_device_count() <= 0) {
         printf("SKIP: no CUDA device (%s)\n", zi_last_error());
         return 77;
@@ -1091,6 +1117,19 @@ int main(int argc, char **argv) {
     test_matmul(&t, 64, 3840, 512, 1, 0);
     test_matmul(&t, 33, 128, 64, 1, 1);
     test_matmul(&t, 5, 7, 3, 1, 1);
+
+    /* fused sm_90a kernel on Hopper (ZIMAGE_GEMM_SM90=0: all through matmul + swiglu_pair) */
+    test_matmul_swiglu(&t, 32, 64, 128, 0);
+    test_matmul_swiglu(&t, 1, 128, 256, 0);
+    test_matmul_swiglu(&t, 130, 256, 384, 0);       /* row tail */
+    test_matmul_swiglu(&t, 300, 72, 1024, 0);       /* k tail (K % 64 != 0) */
+    test_matmul_swiglu(&t, 2000, 256, 1280, 0);     /* 160 tiles: CTAs take several */
+    test_matmul_swiglu(&t, 4128, 128, 4096, 0);     /* the DiT's row count, 8 tiles per CTA */
+    test_matmul_swiglu(&t, 257, 3840, 10240, 0);    /* the DiT's K and F */
+    /* always the unfused path: F % 128, K % 8, unaligned (and several row bands of the 1 MiB scratch) */
+    test_matmul_swiglu(&t, 33, 128, 100, 0);
+    test_matmul_swiglu(&t, 20, 60, 128, 0);
+    test_matmul_swiglu(&t, 300, 256, 1024, 1);
 
     test_attention(&t, 1, 2, 1, 64, 0, 0);
     test_attention(&t, 1, 2, 2, 128, 1, 0);
