@@ -996,7 +996,8 @@ typedef struct ConvPre {
 /* Env ZIMAGE_CONV (read per call, a lab knob for benchmarks and tests): "im2col" sends every conv
    through im2col + cuBLASLt, "igemm" every conv with Ci % 8 == 0 through the implicit-GEMM kernel;
    unset (auto): the implicit GEMM except an unpadded 1x1 conv without a pre step, which is a plain
-   cuBLASLt GEMM on the NCHW input. ZIMAGE_CONV_TILE=<id> picks the kernel's tile configuration
+   cuBLASLt GEMM on the NCHW input, and a 3x3 conv with at most 4 output channels (conv_out), which is the
+   direct kernel on the NCHW input (zi_conv2d_direct_cuda; "igemm" / "im2col" keep it off). ZIMAGE_CONV_TILE=<id> picks the kernel's tile configuration
    (the ids of CONV_CFG_LIST, and of CONV90_CFG_LIST on sm_90a, in kernels/conv.cu); ZIMAGE_CONV_SM90=0
    (read once, in conv.cu) keeps Hopper on the mma.sync tiles. */
 enum { CONV_AUTO, CONV_IM2COL, CONV_IGEMM };
@@ -1054,6 +1055,26 @@ static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void 
         CU_TRY(zi_conv2d_igemm_band_cuda(out, xin, wp, bias, pre->res, 1, Ci, H, W, Co, k, pad, 0, y0, ny, r0,
                                          conv_tile(), STREAM(cu)));
     }
+fail:
+    return st;
+}
+
+/* A 3x3 conv with a few output channels (conv_out) straight from the NCHW input (kernels/conv.cu,
+   conv3x3_direct_kernel): the groupnorm statistics, then one kernel; no packing. Caller holds the lock. */
+static zi_status conv2d_direct(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                               int H, int W, int Co, const ConvPre *pre) {
+    zi_status st = ZI_OK;
+    size_t HW = (size_t)H * W;
+    float *stats = NULL;
+    if (pre->norm) {
+        size_t nparts = zi_groupnorm_stats_partials(B, Ci, (int)HW, pre->G), sb = align256((size_t)B * pre->G * 8);
+        ZI_TRY(scratch_reserve(cu, &cu->col, sb + nparts * 8));
+        stats = cu->col.p;
+        CU_TRY(zi_groupnorm_stats_cuda(stats, (float *)((char *)cu->col.p + sb), in, B, Ci, (int)HW, pre->G, pre->eps,
+                                       STREAM(cu)));
+    }
+    CU_TRY(zi_conv2d_direct_cuda(out, in, w, bias, pre->res, B, Ci, H, W, Co, stats, pre->G, pre->gamma, pre->beta,
+                                 pre->silu, STREAM(cu)));
 fail:
     return st;
 }
@@ -1136,9 +1157,14 @@ static zi_status conv2d_pre(ZiBackend *be, void *out, const void *in, const void
     if (B <= 0 || Co <= 0) return ZI_OK;
     int mode = conv_mode(), plain_1x1 = k == 1 && pad == 0 && !pre->norm && !pre->up;
     int igemm = Ci % 8 == 0 && mode != CONV_IM2COL && (mode == CONV_IGEMM || !plain_1x1);
+    /* the direct kernel reads the input while it writes the output: not in place */
+    const char *ib = in, *ob = out;
+    int apart = ib + (size_t)B * Ci * H * W * 2 <= ob || ob + (size_t)B * Co * P * 2 <= ib;
+    int direct = mode == CONV_AUTO && apart && zi_conv2d_direct_supported(Ci, Co, k, pad, pre->up);
     pthread_mutex_lock(&cu->lock);
-    st = igemm ? conv2d_igemm(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre)
-               : conv2d_im2col(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre);
+    st = direct  ? conv2d_direct(cu, out, in, w, bias, B, Ci, H, W, Co, pre)
+         : igemm ? conv2d_igemm(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre)
+                 : conv2d_im2col(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre);
     pthread_mutex_unlock(&cu->lock);
     if (st != ZI_OK) return st;
     return op_end(cu, name);
