@@ -28,7 +28,7 @@
 #define LT_CANDIDATES 8                  /* heuristic candidates timed for large products */
 #define LT_TUNE_FLOP 2e10                /* time the candidates of products above this    */
 #define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
-#define ATTN_SCRATCH_MB 32               /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
+#define ATTN_SCRATCH_MB 128              /* HD > 128 attention score chunks, in the conv scratch (env ZIMAGE_ATTN_SCRATCH_MB) */
 #define CONV_SCRATCH_MB 128              /* a conv's packed NHWC input; larger images go in row bands */
 
 /* one cuBLASLt problem: column-major C[m,n] = alpha op(A) op(B) (+ bias[m]) + beta C; A, B bf16, C bf16 or f32 */
@@ -62,9 +62,9 @@ typedef struct ZiCuda {
     void *workspace;                 /* LT_WORKSPACE bytes                               */
     LtPlan plans[LT_CACHE];
     int nplans, evict;
-    Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm + sumsq, copy */
-    Scratch attn;                    /* HD > 128 attention: fp32 scores + bf16 P chunk   */
-    size_t attn_bytes;               /* cap of attn (ZIMAGE_ATTN_SCRATCH_MB)             */
+    Scratch col, ids, stats, tmp;    /* conv packing / im2col columns and the HD > 128 attention's score chunks,
+                                        embedding ids, groupnorm + sumsq, copy */
+    size_t attn_bytes;               /* cap of an attention score chunk (ZIMAGE_ATTN_SCRATCH_MB) */
     size_t conv_bytes;               /* cap of a conv's packed input (ZIMAGE_CONV_SCRATCH_MB) */
     void *pinned[2];                 /* host staging, STAGE_BYTES each (NULL until used) */
     void *dstage[2];                 /* device staging, STAGE_BYTES each                 */
@@ -160,7 +160,7 @@ static cudaError_t set_device(ZiCuda *cu) {
 /* The scratch buffers and the staging buffers back to the device and the host (they regrow on use);
    caller holds the lock and has waited for the stream */
 static void release_scratch(ZiCuda *cu) {
-    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn};
+    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp};
     cu->scratch_epoch++; /* recorded graphs may point into them */
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
         mem_track_remove(sc[i]->p);
@@ -670,7 +670,8 @@ fail:
      scores[sq, nk] (fp32) = scale * q_chunk k^T   cuBLASLt m = nk, n = sq, k = HD, A = k (op T), B = q
      P[sq, nk] (bf16)      = row softmax           zi_softmax_rows_cuda
      out_chunk[sq, HD]     = P v                   cuBLASLt m = HD, n = sq, k = nk, A = v, B = P
-   Scores and P of one chunk live in cu->attn (at most attn_bytes), never the whole SxS matrix.
+   Scores and P of one chunk live in cu->col (at most attn_bytes; the conv scratch, idle between ops and
+   grown to about the conv packing cap by a large decode's convs anyway), never the whole SxS matrix.
    *done = 0 when cuBLASLt has no algorithm (the caller falls back to the CUDA-core kernel). */
 static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void *k, const void *v, int S, int NH,
                                 int NKV, int HD, int causal, float scale, int *done) {
@@ -679,10 +680,13 @@ static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void
     size_t chunk = cu->attn_bytes / row_bytes & ~(size_t)15;
     if (chunk < 16) chunk = 16;
     if (chunk > (size_t)S) chunk = (size_t)S;
+    /* equal chunks (no short last one: P v of a few rows over all S keys keeps few blocks busy) */
+    size_t nchunks = ((size_t)S + chunk - 1) / chunk, even = (((size_t)S + nchunks - 1) / nchunks + 15) & ~(size_t)15;
+    if (even < chunk) chunk = even;
     *done = 0;
-    ZI_TRY(scratch_reserve(cu, &cu->attn, chunk * row_bytes));
-    float *sc = cu->attn.p;
-    void *P = (char *)cu->attn.p + chunk * (size_t)S * sizeof(float);
+    ZI_TRY(scratch_reserve(cu, &cu->col, chunk * row_bytes));
+    float *sc = cu->col.p;
+    void *P = (char *)cu->col.p + chunk * (size_t)S * sizeof(float);
     size_t qs = (size_t)NH * HD, kvs = (size_t)NKV * HD;
     for (int h = 0; h < NH; h++) {
         const char *kh = (const char *)k + (size_t)(h / (NH / NKV)) * HD * 2;

@@ -1239,6 +1239,7 @@ int main(int argc, char **argv) {
     test_conv2d(&t, 1, 64, 17, 17, 2, 3, 1, 1, 1000, NULL, 0);    /* direct: large magnitude            */
     test_conv2d(&t, 2, 128, 13, 7, 3, 3, 1, 1, 1, "igemm", 0);    /* conv_out shape through t6          */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 0, "im2col");
+    test_groupnorm_conv2d(&t, 2, 256, 100, 100, 32, 3, 1, 32, 1, -1, 1, 0, NULL); /* 640 packing tiles: blocks loop */
     test_groupnorm_conv2d(&t, 1, 6, 5, 7, 8, 3, 1, 3, 1, -1, 1, 0, NULL);         /* Ci % 8: im2col        */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 1, NULL);    /* residual, 16-byte     */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 2, NULL);    /* residual in place     */
