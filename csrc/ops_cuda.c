@@ -28,7 +28,7 @@
 #define LT_CANDIDATES 8                  /* heuristic candidates timed for large products */
 #define LT_TUNE_FLOP 2e10                /* time the candidates of products above this    */
 #define IM2COL_BYTES ((size_t)256 << 20) /* conv2d column buffer cap; larger convs chunk   */
-#define ATTN_SCRATCH_MB 32               /* HD > 128 attention score chunks (env ZIMAGE_ATTN_SCRATCH_MB) */
+#define ATTN_SCRATCH_MB 128              /* HD > 128 attention score chunks, in the conv scratch (env ZIMAGE_ATTN_SCRATCH_MB) */
 #define FFN_SCRATCH_MB 64                /* matmul_swiglu without the sm_90a kernel: [rows, 2F] bands (env ZIMAGE_FFN_SCRATCH_MB) */
 #define CONV_SCRATCH_MB 128              /* a conv's packed NHWC input; larger images go in row bands */
 
@@ -63,10 +63,10 @@ typedef struct ZiCuda {
     void *workspace;                 /* LT_WORKSPACE bytes                               */
     LtPlan plans[LT_CACHE];
     int nplans, evict;
-    Scratch col, ids, stats, tmp;    /* im2col columns, embedding ids, groupnorm + sumsq, copy */
-    Scratch attn;                    /* HD > 128 attention: fp32 scores + bf16 P chunk   */
+    Scratch col, ids, stats, tmp;    /* conv packing / im2col columns and the HD > 128 attention's score chunks,
+                                        embedding ids, groupnorm + sumsq, copy */
     Scratch ffn;                     /* matmul_swiglu fallback: gate|up of a band of rows */
-    size_t attn_bytes;               /* cap of attn (ZIMAGE_ATTN_SCRATCH_MB)             */
+    size_t attn_bytes;               /* cap of an attention score chunk (ZIMAGE_ATTN_SCRATCH_MB) */
     size_t ffn_bytes;                /* cap of ffn (ZIMAGE_FFN_SCRATCH_MB)               */
     size_t conv_bytes;               /* cap of a conv's packed input (ZIMAGE_CONV_SCRATCH_MB) */
     void *pinned[2];                 /* host staging, STAGE_BYTES each (NULL until used) */
@@ -163,7 +163,7 @@ static cudaError_t set_device(ZiCuda *cu) {
 /* The scratch buffers and the staging buffers back to the device and the host (they regrow on use);
    caller holds the lock and has waited for the stream */
 static void release_scratch(ZiCuda *cu) {
-    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->attn, &cu->ffn};
+    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->ffn};
     cu->scratch_epoch++; /* recorded graphs may point into them */
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
         mem_track_remove(sc[i]->p);
@@ -719,7 +719,8 @@ fail:
      scores[sq, nk] (fp32) = scale * q_chunk k^T   cuBLASLt m = nk, n = sq, k = HD, A = k (op T), B = q
      P[sq, nk] (bf16)      = row softmax           zi_softmax_rows_cuda
      out_chunk[sq, HD]     = P v                   cuBLASLt m = HD, n = sq, k = nk, A = v, B = P
-   Scores and P of one chunk live in cu->attn (at most attn_bytes), never the whole SxS matrix.
+   Scores and P of one chunk live in cu->col (at most attn_bytes; the conv scratch, idle between ops and
+   grown to about the conv packing cap by a large decode's convs anyway), never the whole SxS matrix.
    *done = 0 when cuBLASLt has no algorithm (the caller falls back to the CUDA-core kernel). */
 static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void *k, const void *v, int S, int NH,
                                 int NKV, int HD, int causal, float scale, int *done) {
@@ -728,10 +729,13 @@ static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void
     size_t chunk = cu->attn_bytes / row_bytes & ~(size_t)15;
     if (chunk < 16) chunk = 16;
     if (chunk > (size_t)S) chunk = (size_t)S;
+    /* equal chunks (no short last one: P v of a few rows over all S keys keeps few blocks busy) */
+    size_t nchunks = ((size_t)S + chunk - 1) / chunk, even = (((size_t)S + nchunks - 1) / nchunks + 15) & ~(size_t)15;
+    if (even < chunk) chunk = even;
     *done = 0;
-    ZI_TRY(scratch_reserve(cu, &cu->attn, chunk * row_bytes));
-    float *sc = cu->attn.p;
-    void *P = (char *)cu->attn.p + chunk * (size_t)S * sizeof(float);
+    ZI_TRY(scratch_reserve(cu, &cu->col, chunk * row_bytes));
+    float *sc = cu->col.p;
+    void *P = (char *)cu->col.p + chunk * (size_t)S * sizeof(float);
     size_t qs = (size_t)NH * HD, kvs = (size_t)NKV * HD;
     for (int h = 0; h < NH; h++) {
         const char *kh = (const char *)k + (size_t)(h / (NH / NKV)) * HD * 2;
@@ -1045,7 +1049,8 @@ typedef struct ConvPre {
 /* Env ZIMAGE_CONV (read per call, a lab knob for benchmarks and tests): "im2col" sends every conv
    through im2col + cuBLASLt, "igemm" every conv with Ci % 8 == 0 through the implicit-GEMM kernel;
    unset (auto): the implicit GEMM except an unpadded 1x1 conv without a pre step, which is a plain
-   cuBLASLt GEMM on the NCHW input. ZIMAGE_CONV_TILE=<id> picks the kernel's tile configuration
+   cuBLASLt GEMM on the NCHW input, and a 3x3 conv with at most 4 output channels (conv_out), which is the
+   direct kernel on the NCHW input (zi_conv2d_direct_cuda; "igemm" / "im2col" keep it off). ZIMAGE_CONV_TILE=<id> picks the kernel's tile configuration
    (the ids of CONV_CFG_LIST, and of CONV90_CFG_LIST on sm_90a, in kernels/conv.cu); ZIMAGE_CONV_SM90=0
    (read once, in conv.cu) keeps Hopper on the mma.sync tiles. */
 enum { CONV_AUTO, CONV_IM2COL, CONV_IGEMM };
@@ -1103,6 +1108,26 @@ static zi_status conv2d_igemm(ZiCuda *cu, void *out, const void *in, const void 
         CU_TRY(zi_conv2d_igemm_band_cuda(out, xin, wp, bias, pre->res, 1, Ci, H, W, Co, k, pad, 0, y0, ny, r0,
                                          conv_tile(), STREAM(cu)));
     }
+fail:
+    return st;
+}
+
+/* A 3x3 conv with a few output channels (conv_out) straight from the NCHW input (kernels/conv.cu,
+   conv3x3_direct_kernel): the groupnorm statistics, then one kernel; no packing. Caller holds the lock. */
+static zi_status conv2d_direct(ZiCuda *cu, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
+                               int H, int W, int Co, const ConvPre *pre) {
+    zi_status st = ZI_OK;
+    size_t HW = (size_t)H * W;
+    float *stats = NULL;
+    if (pre->norm) {
+        size_t nparts = zi_groupnorm_stats_partials(B, Ci, (int)HW, pre->G), sb = align256((size_t)B * pre->G * 8);
+        ZI_TRY(scratch_reserve(cu, &cu->col, sb + nparts * 8));
+        stats = cu->col.p;
+        CU_TRY(zi_groupnorm_stats_cuda(stats, (float *)((char *)cu->col.p + sb), in, B, Ci, (int)HW, pre->G, pre->eps,
+                                       STREAM(cu)));
+    }
+    CU_TRY(zi_conv2d_direct_cuda(out, in, w, bias, pre->res, B, Ci, H, W, Co, stats, pre->G, pre->gamma, pre->beta,
+                                 pre->silu, STREAM(cu)));
 fail:
     return st;
 }
@@ -1185,9 +1210,14 @@ static zi_status conv2d_pre(ZiBackend *be, void *out, const void *in, const void
     if (B <= 0 || Co <= 0) return ZI_OK;
     int mode = conv_mode(), plain_1x1 = k == 1 && pad == 0 && !pre->norm && !pre->up;
     int igemm = Ci % 8 == 0 && mode != CONV_IM2COL && (mode == CONV_IGEMM || !plain_1x1);
+    /* the direct kernel reads the input while it writes the output: not in place */
+    const char *ib = in, *ob = out;
+    int apart = ib + (size_t)B * Ci * H * W * 2 <= ob || ob + (size_t)B * Co * P * 2 <= ib;
+    int direct = mode == CONV_AUTO && apart && zi_conv2d_direct_supported(Ci, Co, k, pad, pre->up);
     pthread_mutex_lock(&cu->lock);
-    st = igemm ? conv2d_igemm(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre)
-               : conv2d_im2col(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre);
+    st = direct  ? conv2d_direct(cu, out, in, w, bias, B, Ci, H, W, Co, pre)
+         : igemm ? conv2d_igemm(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre)
+                 : conv2d_im2col(cu, out, in, w, bias, B, Ci, H, W, Co, k, pad, pre);
     pthread_mutex_unlock(&cu->lock);
     if (st != ZI_OK) return st;
     return op_end(cu, name);

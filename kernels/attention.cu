@@ -16,7 +16,8 @@
  *   lanes own output dims d = lane + 32t and accumulate p_j * v_j, with p_j broadcast by shuffles.
  * On compute capability 9.x with sm_90a code, HD = 128 goes to the wgmma/TMA kernel of attention_sm90.cu.
  * softmax_rows_kernel: the row softmax of the chunked GEMM path that ops_cuda.c uses for HD > 128
- *   (scores = q k^T by cuBLASLt into fp32, P = softmax -> bf16, out = P v by cuBLASLt).
+ *   (scores = q k^T by cuBLASLt into fp32, P = softmax -> bf16, out = P v by cuBLASLt);
+ *   softmax_rows_reg_kernel: the same with the row in registers (rows of up to 16384 scores).
  */
 #include "mma.cuh"
 
@@ -442,9 +443,70 @@ __global__ void softmax_rows_kernel(bf16 *p, const float *s, int rows, int cols,
     }
 }
 
+/* The same softmax with the row held in registers: one read of the scores, not three (the VAE's mid-block
+   attention, S = 16384: its rows were read from L2 three times by 256 threads each). Block = SMR_THREADS
+   threads per row, V float4 of the row per thread (cols <= 4 V SMR_THREADS); element j = 4 (i SMR_THREADS + tid)
+   + e of float4 i, so every load and store of a warp is contiguous. Needs cols % 4 == 0, ld % 4 == 0, s 16-byte
+   and p 8-byte aligned. Same operations per element as softmax_rows_kernel (max, expf(x - max), 1 / sum, the
+   products rounded to bf16 once); only the order of the fp32 sum differs. */
+#define SMR_THREADS 512
+template <int V>
+__global__ void __launch_bounds__(SMR_THREADS) softmax_rows_reg_kernel(bf16 *p, const float *s, int rows, int cols,
+                                                                        int ld, int row0, int causal) {
+    __shared__ float red[32];
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *x = s + (size_t)r * ld;
+        bf16 *y = p + (size_t)r * ld;
+        const int valid = causal ? min(cols, row0 + r + 1) : cols;
+        float4 e[V]; /* the scores, then expf(score - max) (0 past valid) */
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            int j = 4 * (i * SMR_THREADS + threadIdx.x);
+            e[i] = j < cols ? *reinterpret_cast<const float4 *>(x + j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        float mx = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            int j = 4 * (i * SMR_THREADS + threadIdx.x);
+            if (j < valid) mx = fmaxf(mx, e[i].x);
+            if (j + 1 < valid) mx = fmaxf(mx, e[i].y);
+            if (j + 2 < valid) mx = fmaxf(mx, e[i].z);
+            if (j + 3 < valid) mx = fmaxf(mx, e[i].w);
+        }
+        mx = block_max(mx, red);
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            int j = 4 * (i * SMR_THREADS + threadIdx.x);
+            e[i].x = j < valid ? expf(e[i].x - mx) : 0.0f;
+            e[i].y = j + 1 < valid ? expf(e[i].y - mx) : 0.0f;
+            e[i].z = j + 2 < valid ? expf(e[i].z - mx) : 0.0f;
+            e[i].w = j + 3 < valid ? expf(e[i].w - mx) : 0.0f;
+            sum += (e[i].x + e[i].y) + (e[i].z + e[i].w);
+        }
+        const float inv = 1.0f / block_sum(sum, red);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            int j = 4 * (i * SMR_THREADS + threadIdx.x);
+            if (j >= cols) continue;
+            __nv_bfloat162 lo = __floats2bfloat162_rn(e[i].x * inv, e[i].y * inv);
+            __nv_bfloat162 hi = __floats2bfloat162_rn(e[i].z * inv, e[i].w * inv);
+            uint2 u = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
+            *reinterpret_cast<uint2 *>(y + j) = u;
+        }
+    }
+}
+
 extern "C" cudaError_t zi_softmax_rows_cuda(void *p, const float *s, int rows, int cols, int ld, int row0, int causal,
                                             cudaStream_t stream) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    softmax_rows_kernel<<<rows < 65535 ? rows : 65535, 256, 0, stream>>>((bf16 *)p, s, rows, cols, ld, row0, causal);
+    const unsigned grid = rows < 65535 ? rows : 65535;
+    const bool reg = cols % 4 == 0 && ld % 4 == 0 && is_aligned16(s) && ((uintptr_t)p & 7u) == 0;
+    if (reg && cols <= 4 * 4 * SMR_THREADS)
+        softmax_rows_reg_kernel<4><<<grid, SMR_THREADS, 0, stream>>>((bf16 *)p, s, rows, cols, ld, row0, causal);
+    else if (reg && cols <= 4 * 8 * SMR_THREADS)
+        softmax_rows_reg_kernel<8><<<grid, SMR_THREADS, 0, stream>>>((bf16 *)p, s, rows, cols, ld, row0, causal);
+    else
+        softmax_rows_kernel<<<grid, 256, 0, stream>>>((bf16 *)p, s, rows, cols, ld, row0, causal);
     return cudaGetLastError();
 }

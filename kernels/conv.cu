@@ -28,6 +28,7 @@
 #include "mma.cuh"
 
 #include <stdlib.h>
+#include <string.h>
 
 // ----------------------------------------------------------------------------------------------
 // implicit-GEMM convolution
@@ -636,13 +637,85 @@ struct PackNorm {
 };
 
 /* fast path: C % 32 == 0, HW % 8 == 0, 16-byte aligned in and nhwc, through a shared-memory tile
-   (it beat a register-transpose kernel: benchmarks/kernels/README.md). Block = 256 threads over 32
-   channels x 256 pixels of image blockIdx.z. Load: warp w reads channel rows w, w+8, w+16, w+24 (512
-   contiguous bytes each; the channel's parameters loaded once per row), normalises them and stores
-   them as rows of Ts[32][256] (16-byte chunk pc of row ch at chunk pc ^ (ch / 8), so the column reads
-   below hit 4 different bank groups). Store: thread (pixel tid/4 + 64k, channels 8 (tid % 4) ..)
-   gathers 8 channels from the tile and writes 16 bytes (a warp writes 8 pixels x 64 contiguous bytes). */
-__global__ void __launch_bounds__(256) conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int C, int HW,
+   (it beat a register-transpose kernel: benchmarks/kernels/README.md). A tile = 32 channels x 256 pixels
+   of one image; block = 256 threads, looping over tiles t = blockIdx.x, + gridDim.x, .. (channel tile
+   fastest, so the tiles that fill one pixel's NHWC row run close together). Load: warp w reads channel
+   rows w, w+8, w+16, w+24 of the tile (512 contiguous bytes each) by cp.async into the thread's own slots
+   of Rs; the next tile's copies are issued before this tile is normalised, so the block's memory traffic
+   overlaps its expf / divide work (with one tile per block, conv_pack_input_tile_kernel, the two ran one
+   after the other: 0.38 ms against 0.27 for the plain pack at 128 ch 1024^2). The rows are normalised (the channel's parameters loaded
+   once per row) and stored as rows of Ts[32][256] (16-byte chunk pc of row ch at chunk pc ^ (ch / 8), so
+   the column reads below hit 4 different bank groups). Store: thread (pixel tid/4 + 64k, channels
+   8 (tid % 4) ..) gathers 8 channels from the tile and writes 16 bytes (a warp writes 8 pixels x 64
+   contiguous bytes). */
+struct PackTile {
+    int b, c0, p0;
+    __device__ PackTile(int t, int nct, int npt) : b(t / nct / npt), c0(t % nct * 32), p0(t / nct % npt * 256) {}
+};
+
+__global__ void __launch_bounds__(256, 3) conv_pack_input_vec_kernel(bf16 *nhwc, const bf16 *in, int B, int C, int HW,
+                                                                   size_t plane, PackNorm f) {
+    __shared__ __align__(16) bf16 Ts[32 * 256];
+    __shared__ __align__(16) bf16 Rs[2][4 * 256 * 8]; /* each thread's 4 raw 16-byte chunks of two tiles */
+    const int tid = threadIdx.x, pc = tid % 32;        /* pc: the 8-pixel chunk this thread loads */
+    const int nct = C / 32, npt = (HW + 255) / 256;
+    const int ntiles = B * nct * npt; /* < 2^31: checked by the launcher */
+    /* cp.async of this thread's chunks (rows tid/32 + 8k, pixels pc*8 ..) of tile t into Rs[buf], one group */
+    auto load = [&](int t, int buf) {
+        PackTile tl(t, nct, npt);
+        bool valid = tl.p0 + pc * 8 < HW;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int ch = tid / 32 + 8 * k;
+            const bf16 *src = valid ? in + ((size_t)tl.b * C + tl.c0 + ch) * plane + tl.p0 + pc * 8 : in;
+            cp_async16(&Rs[buf][(k * 256 + tid) * 8], src, valid);
+        }
+        cp_async_commit();
+    };
+    if ((int)blockIdx.x < ntiles) load(blockIdx.x, 0);
+    int buf = 0;
+    for (int t = blockIdx.x; t < ntiles; t += gridDim.x, buf ^= 1) {
+        const PackTile tl(t, nct, npt);
+        if (t < ntiles - (int)gridDim.x) { /* the next tile's rows in flight while this one is normalised */
+            load(t + gridDim.x, buf ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        /* this thread's own chunks of tile t have landed; no other thread reads them, so no barrier */
+#pragma unroll 1
+        for (int k = 0; k < 4; k++) {
+            int ch = tid / 32 + 8 * k;
+            if (tl.p0 + pc * 8 >= HW) continue;
+            float v[8];
+            ld8(v, &Rs[buf][(k * 256 + tid) * 8]);
+            const PackNorm::Chan kc = f.chan(tl.b, tl.c0 + ch);
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = f(v[i], kc);
+            st8(Ts + ch * 256 + ((pc ^ (ch / 8)) * 8), v);
+        }
+        __syncthreads(); /* the whole tile is normalised and in shared memory before its columns are read */
+        const int cg = tid % 4;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int px = tid / 4 + 64 * k;
+            if (tl.p0 + px >= HW) continue;
+            uint4 u;
+            bf16 *h = reinterpret_cast<bf16 *>(&u);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int ch = cg * 8 + j;
+                h[j] = Ts[ch * 256 + (((px / 8) ^ (ch / 8)) * 8) + px % 8];
+            }
+            *reinterpret_cast<uint4 *>(nhwc + ((size_t)tl.b * HW + tl.p0 + px) * C + tl.c0 + cg * 8) = u;
+        }
+        __syncthreads(); /* every column of this tile is read before the next tile overwrites Ts */
+    }
+}
+
+/* the same with one tile per block (blockIdx.x pixels, blockIdx.y channels, blockIdx.z image), one load and
+   normalise phase then one store phase: ZIMAGE_CONV_PACK=tile, the kernel before the pipelined one */
+__global__ void __launch_bounds__(256) conv_pack_input_tile_kernel(bf16 *nhwc, const bf16 *in, int C, int HW,
                                                                    size_t plane, PackNorm f) {
     __shared__ __align__(16) bf16 Ts[32 * 256];
     const int b = blockIdx.z, c0 = blockIdx.y * 32, p0 = blockIdx.x * 256, tid = threadIdx.x;
@@ -675,6 +748,27 @@ __global__ void __launch_bounds__(256) conv_pack_input_vec_kernel(bf16 *nhwc, co
     }
 }
 
+/* blocks of conv_pack_input_vec_kernel: at most as many as fit on the device at once (each loops over
+   tiles), or 0 for conv_pack_input_tile_kernel (ZIMAGE_CONV_PACK=tile, read once: a lab knob) */
+static long conv_pack_blocks(long ntiles) {
+    static int one_tile = -1;
+    if (__atomic_load_n(&one_tile, __ATOMIC_ACQUIRE) < 0) {
+        const char *s = getenv("ZIMAGE_CONV_PACK");
+        __atomic_store_n(&one_tile, s && strcmp(s, "tile") == 0 ? 1 : 0, __ATOMIC_RELEASE);
+    }
+    if (__atomic_load_n(&one_tile, __ATOMIC_ACQUIRE)) return 0;
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, conv_pack_input_vec_kernel, 256, 0) != cudaSuccess ||
+        sms <= 0 || per_sm <= 0) {
+        (void)cudaGetLastError(); /* a failed query only means one tile per block */
+        return ntiles;
+    }
+    long fit = (long)sms * per_sm;
+    return ntiles < fit ? ntiles : fit;
+}
+
 /* any shape: one output element per thread step */
 __global__ void conv_pack_input_kernel(bf16 *nhwc, const bf16 *in, int B, int C, int HW, size_t plane, PackNorm f) {
     size_t n = (size_t)B * C * HW;
@@ -695,8 +789,15 @@ extern "C" cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B
     PackNorm f = {(const float2 *)stats, (const bf16 *)gamma, (const bf16 *)beta, stats ? G : 1, stats ? C / G : C, silu};
     if (C % 32 == 0 && HW % 8 == 0 && plane % 8 == 0 && is_aligned16(in) && is_aligned16(nhwc) && B <= 65535 &&
         C / 32 <= 65535) {
-        dim3 grid((unsigned)((HW + 255) / 256), (unsigned)(C / 32), (unsigned)B);
-        conv_pack_input_vec_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, plane, f);
+        long ntiles = (long)B * (C / 32) * ((HW + 255) / 256), blocks = conv_pack_blocks(ntiles);
+        if (ntiles > 0x7fffffffL) return cudaErrorInvalidValue;
+        if (blocks > 0) {
+            conv_pack_input_vec_kernel<<<(unsigned)blocks, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B, C, HW,
+                                                                             plane, f);
+        } else {
+            dim3 grid((unsigned)((HW + 255) / 256), (unsigned)(C / 32), (unsigned)B);
+            conv_pack_input_tile_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, plane, f);
+        }
     } else {
         conv_pack_input_kernel<<<grid_for((size_t)B * C * HW, 256), 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B,
                                                                                        C, HW, plane, f);
@@ -719,6 +820,202 @@ extern "C" cudaError_t zi_conv_pack_weight_cuda(void *wp, const void *w, int Co,
     if (n == 0) return cudaSuccess;
     conv_pack_weight_kernel<<<grid_for(n, 256), 256, 0, stream>>>((bf16 *)wp, (const bf16 *)w, Co, Ci, kk);
     return cudaGetLastError();
+}
+
+// ----------------------------------------------------------------------------------------------
+// direct 3x3 convolution for a few output channels (the decoder's conv_out, Co = 3), reading the NCHW input
+// and applying the optional GroupNorm (+ SiLU) on the way into shared memory: no packing pass, and each
+// input element is loaded from memory once per tile (the implicit GEMM's Co = 3 tile was L2-bound on
+// the 9 taps' reloads of A, and wasted 29 of its 32 N columns).
+//
+// conv3x3_direct_kernel<CO>: block = CD_THREADS threads over an output tile of CD_TH x CD_TW pixels of
+// image blockIdx.z; thread (tx, ty) computes column tx, rows CD_RPT ty .. + CD_RPT - 1, all CO channels
+// (fp32 accumulators, on the CUDA cores: 2 x 9 x Ci x CO flops a pixel are few). Per chunk of CD_CC
+// input channels: the (CD_TH + 2) x (CD_TW + 2) halo tile of each channel pair, normalised and rounded to
+// bf16 exactly as the packing pass does (PackNorm, then f2b; zero outside the image and past Ci, as the
+// implicit GEMM's zero-fill) and stored as bf16x2 words Xs[pair][row][col]; the chunk's weights as fp32
+// Ws[pair][dx][dy][co][2] (padded to CD_WPAD floats per (pair, dx), read as broadcast float4s). Epilogue as
+// the implicit GEMM's: bf16(acc + bias), then + res rounded again. Stride 1, padding 1, no upsampling.
+
+#define CD_TW 64                              /* output tile columns (one per thread of a row group)  */
+#define CD_TH 16                              /* output tile rows                                     */
+#define CD_RPT 4                              /* output rows per thread                               */
+#define CD_THREADS (CD_TW * CD_TH / CD_RPT)   /* 256                                                  */
+#define CD_CC 16                              /* input channels per chunk                             */
+#define CD_PAIRS (CD_CC / 2)
+#define CD_HH (CD_TH + 2)                     /* halo tile rows                                       */
+#define CD_XW (CD_TW + 4)                     /* Xs row stride (words): halo column c at word c + 1, so the
+                                                 interior pixel pairs a lane writes are 8-byte aligned     */
+#define CD_XS (CD_PAIRS * CD_HH * CD_XW)      /* bf16x2 words of a chunk's input tile                     */
+#define CD_UNITS (CD_PAIRS * CD_HH)           /* (pair, halo row) rows of a chunk's input tile            */
+#define CD_UB 6                               /* rows a warp loads before it normalises any               */
+#define CD_MAX_CO 4
+#define CD_WPAD(co) ((3 * (co) * 2 + 3) / 4 * 4) /* floats per (pair, dx): 3 dy x co x 2, to whole float4s */
+
+struct ConvDirectArgs {
+    bf16 *out;          /* [B, CO, H, W]                                          */
+    const bf16 *x;      /* [B, Ci, H, W]                                          */
+    const bf16 *w;      /* [CO, Ci, 3, 3]                                         */
+    const bf16 *bias;   /* [CO] or NULL                                           */
+    const bf16 *res;    /* [B, CO, H, W] added after the rounding, or NULL        */
+    int Ci, H, W, tiles_x;
+    int vec;            /* W even and x 4-byte aligned: pixel pairs are 4-byte loads */
+    PackNorm f;         /* the GroupNorm (+ SiLU) of the input, or none (stats NULL) */
+};
+
+/* dynamic shared memory of conv3x3_direct_kernel<co> at Ci input channels */
+static size_t conv_direct_smem(int co, int Ci) {
+    return sizeof(PackNorm::Chan) * (size_t)Ci + sizeof(float) * CD_PAIRS * 3 * CD_WPAD(co) + sizeof(uint32_t) * CD_XS;
+}
+
+/* pixels x, x + 1 of one channel row (p at pixel x) as two bf16 (x in the low half), 0 past W: one 4-byte
+   load when vec (W even, so x + 1 < W when x < W), else two 2-byte loads */
+static __device__ __forceinline__ uint32_t ld_pixel_pair(const unsigned short *p, int x, int W, int vec) {
+    if (vec) return x < W ? __ldg(reinterpret_cast<const unsigned int *>(p)) : 0u;
+    return (x < W ? (uint32_t)__ldg(p) : 0u) | (x + 1 < W ? (uint32_t)__ldg(p + 1) << 16 : 0u);
+}
+
+template <int CO>
+__global__ void __launch_bounds__(CD_THREADS, 3) conv3x3_direct_kernel(ConvDirectArgs p) {
+    constexpr int WPAD = CD_WPAD(CO);
+    extern __shared__ __align__(16) unsigned char cd_smem[];
+    PackNorm::Chan *chan = reinterpret_cast<PackNorm::Chan *>(cd_smem);             /* [Ci]               */
+    float *Ws = reinterpret_cast<float *>(chan + p.Ci);                             /* [pairs][3][WPAD]   */
+    uint32_t *Xs = reinterpret_cast<uint32_t *>(Ws + CD_PAIRS * 3 * WPAD);          /* [pairs][HH][HWD]   */
+    const int tid = threadIdx.x, tx = tid % CD_TW, ty = tid / CD_TW, b = blockIdx.z, warp = tid / 32, lane = tid % 32;
+    const int x0 = (blockIdx.x % p.tiles_x) * CD_TW, y0 = (blockIdx.x / p.tiles_x) * CD_TH, lgx = x0 + 2 * lane;
+    const int Ci = p.Ci, H = p.H, W = p.W;
+    const bf16 *xb = p.x + (size_t)b * Ci * H * W;
+    for (int c = tid; c < Ci; c += CD_THREADS) chan[c] = p.f.chan(b, c);
+
+    float acc[CD_RPT][CO];
+#pragma unroll
+    for (int j = 0; j < CD_RPT; j++)
+#pragma unroll
+        for (int co = 0; co < CO; co++) acc[j][co] = 0.0f;
+
+    for (int c0 = 0; c0 < Ci; c0 += CD_CC) {
+        __syncthreads(); /* the previous chunk's tiles are consumed (and, first time, chan is written) */
+        for (int i = tid; i < CD_PAIRS * 3 * 3 * CO * 2; i += CD_THREADS) {
+            int h = i % 2, co = i / 2 % CO, dy = i / (2 * CO) % 3, dx = i / (6 * CO) % 3, pr = i / (18 * CO);
+            int ci = c0 + 2 * pr + h;
+            Ws[(pr * 3 + dx) * WPAD + (dy * CO + co) * 2 + h] =
+                ci < Ci ? b2f(p.w[((size_t)co * Ci + ci) * 9 + dy * 3 + dx]) : 0.0f;
+        }
+        /* the interior 64 columns: warp w loads the tile rows (pair, halo row) u = w, w + 8, ..; lane l the
+           pixels x0 + 2l, x0 + 2l + 1 of both channels (two 4-byte loads), CD_UB rows in flight at a time */
+        static_assert(CD_TW == 64 && CD_UNITS % (CD_THREADS / 32 * CD_UB) == 0, "loader shape");
+#pragma unroll 1
+        for (int u0 = warp; u0 < CD_UNITS; u0 += CD_UB * (CD_THREADS / 32)) {
+            uint32_t ra[CD_UB], rb[CD_UB]; /* channel ci, ci + 1: pixel gx in the low half, gx + 1 in the high */
+#pragma unroll
+            for (int l = 0; l < CD_UB; l++) {
+                int u = u0 + l * (CD_THREADS / 32), pr = u / CD_HH, gy = y0 - 1 + u % CD_HH, ci = c0 + 2 * pr;
+                bool row = gy >= 0 && gy < H;
+                const unsigned short *src = reinterpret_cast<const unsigned short *>(xb) + ((size_t)ci * H + gy) * W + lgx;
+                ra[l] = row && ci < Ci ? ld_pixel_pair(src, lgx, W, p.vec) : 0u;
+                rb[l] = row && ci + 1 < Ci ? ld_pixel_pair(src + (size_t)H * W, lgx, W, p.vec) : 0u;
+            }
+#pragma unroll
+            for (int l = 0; l < CD_UB; l++) {
+                int u = u0 + l * (CD_THREADS / 32), pr = u / CD_HH, gy = y0 - 1 + u % CD_HH, ci = c0 + 2 * pr;
+                bool row = gy >= 0 && gy < H, in0 = row && lgx < W, in1 = row && lgx + 1 < W;
+                bool c_lo = ci < Ci, c_hi = ci + 1 < Ci;
+                __nv_bfloat162 v0 = __floats2bfloat162_rn(0.0f, 0.0f), v1 = v0;
+                if (in0 && c_lo) v0.x = f2b(p.f(__uint_as_float(ra[l] << 16), chan[ci]));
+                if (in0 && c_hi) v0.y = f2b(p.f(__uint_as_float(rb[l] << 16), chan[ci + 1]));
+                if (in1 && c_lo) v1.x = f2b(p.f(__uint_as_float(ra[l] & 0xffff0000u), chan[ci]));
+                if (in1 && c_hi) v1.y = f2b(p.f(__uint_as_float(rb[l] & 0xffff0000u), chan[ci + 1]));
+                *reinterpret_cast<uint2 *>(Xs + u * CD_XW + 2 + 2 * lane) =
+                    make_uint2(*reinterpret_cast<uint32_t *>(&v0), *reinterpret_cast<uint32_t *>(&v1));
+            }
+        }
+        /* the two halo columns x0 - 1 and x0 + 64 of every tile row: one word per thread step */
+        for (int t = tid; t < 2 * CD_UNITS; t += CD_THREADS) {
+            int u = t / 2, right = t % 2, pr = u / CD_HH, gy = y0 - 1 + u % CD_HH, ci = c0 + 2 * pr;
+            int gx = right ? x0 + CD_TW : x0 - 1;
+            bool in = gy >= 0 && gy < H && gx >= 0 && gx < W;
+            const unsigned short *src = reinterpret_cast<const unsigned short *>(xb) + ((size_t)ci * H + gy) * W + gx;
+            __nv_bfloat162 v = __floats2bfloat162_rn(0.0f, 0.0f);
+            if (in && ci < Ci) v.x = f2b(p.f(__uint_as_float((uint32_t)__ldg(src) << 16), chan[ci]));
+            if (in && ci + 1 < Ci) v.y = f2b(p.f(__uint_as_float((uint32_t)__ldg(src + (size_t)H * W) << 16), chan[ci + 1]));
+            Xs[u * CD_XW + (right ? CD_TW + 2 : 1)] = *reinterpret_cast<uint32_t *>(&v);
+        }
+        __syncthreads(); /* the chunk's input and weight tiles are complete before any thread reads them */
+#pragma unroll 1
+        for (int pr = 0; pr < CD_PAIRS; pr++) {
+#pragma unroll
+            for (int dx = 0; dx < 3; dx++) {
+                float lo[CD_RPT + 2], hi[CD_RPT + 2]; /* the pair's two channels at rows ty*RPT - 1 .. + RPT */
+#pragma unroll
+                for (int r = 0; r < CD_RPT + 2; r++) {
+                    uint32_t u = Xs[(pr * CD_HH + ty * CD_RPT + r) * CD_XW + tx + dx + 1];
+                    lo[r] = __uint_as_float(u << 16);
+                    hi[r] = __uint_as_float(u & 0xffff0000u);
+                }
+                float wr[WPAD];
+#pragma unroll
+                for (int q = 0; q < WPAD / 4; q++)
+                    *reinterpret_cast<float4 *>(wr + 4 * q) = *reinterpret_cast<const float4 *>(Ws + (pr * 3 + dx) * WPAD + 4 * q);
+#pragma unroll
+                for (int j = 0; j < CD_RPT; j++)
+#pragma unroll
+                    for (int dy = 0; dy < 3; dy++)
+#pragma unroll
+                        for (int co = 0; co < CO; co++) {
+                            acc[j][co] = fmaf(lo[j + dy], wr[(dy * CO + co) * 2], acc[j][co]);
+                            acc[j][co] = fmaf(hi[j + dy], wr[(dy * CO + co) * 2 + 1], acc[j][co]);
+                        }
+            }
+        }
+    }
+    const int gx = x0 + tx;
+    if (gx >= W) return;
+#pragma unroll
+    for (int j = 0; j < CD_RPT; j++) {
+        int gy = y0 + ty * CD_RPT + j;
+        if (gy >= H) break;
+#pragma unroll
+        for (int co = 0; co < CO; co++) {
+            size_t o = (((size_t)b * CO + co) * H + gy) * W + gx;
+            bf16 v = f2b(acc[j][co] + (p.bias ? b2f(p.bias[co]) : 0.0f));
+            p.out[o] = p.res ? f2b(b2f(v) + b2f(p.res[o])) : v;
+        }
+    }
+}
+
+template <int CO>
+static cudaError_t launch_conv_direct(ConvDirectArgs p, int B, cudaStream_t stream) {
+    size_t smem = conv_direct_smem(CO, p.Ci);
+    cudaError_t e = cudaFuncSetAttribute(conv3x3_direct_kernel<CO>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return e;
+    size_t tiles = (size_t)p.tiles_x * ((p.H + CD_TH - 1) / CD_TH);
+    if (tiles > 0x7fffffffu) return cudaErrorInvalidValue;
+    conv3x3_direct_kernel<CO><<<dim3((unsigned)tiles, 1, (unsigned)B), CD_THREADS, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+extern "C" int zi_conv2d_direct_supported(int Ci, int Co, int k, int pad, int up) {
+    return k == 3 && pad == 1 && !up && Co >= 1 && Co <= CD_MAX_CO && Ci >= 1 && conv_direct_smem(CD_MAX_CO, Ci) <= 48 * 1024;
+}
+
+extern "C" cudaError_t zi_conv2d_direct_cuda(void *out, const void *x, const void *w, const void *bias, const void *res,
+                                             int B, int Ci, int H, int W, int Co, const float *stats, int G,
+                                             const void *gamma, const void *beta, int silu, cudaStream_t stream) {
+    if (B <= 0 || H <= 0 || W <= 0) return cudaSuccess;
+    if (!zi_conv2d_direct_supported(Ci, Co, 3, 1, 0) || B > 65535 || (stats && (G <= 0 || Ci % G)))
+        return cudaErrorInvalidValue;
+    ConvDirectArgs p = {(bf16 *)out, (const bf16 *)x, (const bf16 *)w, (const bf16 *)bias, (const bf16 *)res, Ci, H, W,
+                        (W + CD_TW - 1) / CD_TW, W % 2 == 0 && ((uintptr_t)x & 3u) == 0,
+                        {(const float2 *)stats, (const bf16 *)gamma, (const bf16 *)beta, stats ? G : 1,
+                         stats ? Ci / G : Ci, silu}};
+    switch (Co) {
+    case 1: return launch_conv_direct<1>(p, B, stream);
+    case 2: return launch_conv_direct<2>(p, B, stream);
+    case 3: return launch_conv_direct<3>(p, B, stream);
+    case 4: return launch_conv_direct<4>(p, B, stream);
+    }
+    return cudaErrorInvalidValue;
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -79,6 +79,15 @@ cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B, int C, in
                                     int G, const void *gamma, const void *beta, int silu, cudaStream_t stream);
 /* wp[Co, kk, Ci] = w[Co, Ci, kk] (kk = k*k taps) */
 cudaError_t zi_conv_pack_weight_cuda(void *wp, const void *w, int Co, int Ci, int kk, cudaStream_t stream);
+/* whether zi_conv2d_direct_cuda takes this conv (host function): 3x3, padding 1, no upsample, Co <= 4, Ci <= ~500 */
+int zi_conv2d_direct_supported(int Ci, int Co, int k, int pad, int up);
+/* out[B,Co,H,W] = conv3x3(pre(x), w) + bias (bias may be NULL), rounded to bf16, then + res and rounded again (res
+   may be out), padding 1, on the NCHW input x[B,Ci,H,W] and the unpacked weights w[Co,Ci,3,3]; pre = the
+   groupnorm (+ SiLU) of zi_conv_pack_input_cuda with stats (NULL: none), rounded to bf16 as the packing pass
+   rounds it. x must not overlap out. For a few output channels (conv_out): no packing pass. */
+cudaError_t zi_conv2d_direct_cuda(void *out, const void *x, const void *w, const void *bias, const void *res, int B,
+                                  int Ci, int H, int W, int Co, const float *stats, int G, const void *gamma,
+                                  const void *beta, int silu, cudaStream_t stream);
 /* float2 slots of the partials scratch zi_groupnorm_stats_cuda needs (host function) */
 size_t zi_groupnorm_stats_partials(int B, int C, int HW, int G);
 /* stats[B*G] (float2: mean, rstd = 1/sqrt(biased var + eps)) of the groups of in[B,C,HW]; partials: device

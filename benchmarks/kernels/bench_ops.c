@@ -45,8 +45,9 @@ static void *rand_buf(ZiBackend *be, size_t n, float amp) {
 
 /* conv cases: a = Ci, b = H = W of the conv's input, c = Co, d = k; e = variant: -1 im2col, 0 auto tile,
    1..12 tile (kernels/conv.cu), CONV_GN groupnorm_conv2d, CONV_UP upsample_conv2d (b is then the 2x size), CONV_PACK packing only,
-   CONV_STATS groupnorm statistics only (G = 32), CONV_PACK_GN packing with groupnorm + SiLU (statistics made once) */
-enum { CONV_GN = 100, CONV_UP, CONV_PACK, CONV_STATS, CONV_PACK_GN };
+   CONV_STATS groupnorm statistics only (G = 32), CONV_PACK_GN packing with groupnorm + SiLU (statistics made once),
+   CONV_GN_IGEMM groupnorm_conv2d with ZIMAGE_CONV=igemm (the packing path where auto takes the direct kernel) */
+enum { CONV_GN = 100, CONV_UP, CONV_PACK, CONV_STATS, CONV_PACK_GN, CONV_GN_IGEMM };
 /* B_FFN: a = M, b = K, c = F; e = 0 matmul N=2F into scratch + swiglu_pair, 1 matmul_swiglu.
    B_GEMM90: the sm_90a GEMM with its plain epilogue (zi_matmul_sm90_cuda, default stream), a = M, b = K, c = N */
 typedef enum { B_MATMUL, B_ATTN, B_CONV, B_FFN, B_GEMM90 } Kind;
@@ -62,6 +63,7 @@ static void conv_env(int variant) {
         setenv("ZIMAGE_CONV", "igemm", 1);
         setenv("ZIMAGE_CONV_TILE", buf, 1);
     }
+    if (variant == CONV_GN_IGEMM) setenv("ZIMAGE_CONV", "igemm", 1);
 }
 
 /* the backend's stream and the default stream (B_GEMM90 runs there) */
@@ -126,7 +128,7 @@ static zi_status run(ZiBackend *be, const Case *c, void **buf) {
     case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->d ? c->d : c->b, c->c, c->e,
                                            0.0883883f);
     default:
-        if (c->e == CONV_GN)
+        if (c->e == CONV_GN || c->e == CONV_GN_IGEMM)
             return be->ops->groupnorm_conv2d(be, buf[0], buf[1], NULL, buf[4], buf[5], buf[2], buf[3], 1, Ci, H, H, Co, k,
                                              pad, 32, 1e-6f, 1);
         if (c->e == CONV_UP) return be->ops->upsample_conv2d(be, buf[0], buf[1], buf[2], buf[3], 1, Ci, H / 2, H / 2, Co, k, pad);
@@ -198,6 +200,9 @@ int main(int argc, char **argv) {
                      var == -1 ? "im2col" : var == 0 ? "igemm" : "t", var > 0 ? var : 0);
         }
     }
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 3, 3, 6, "conv3x3 128->3 @1024 t6 (implicit GEMM)"};
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 3, 3, CONV_GN_IGEMM, "groupnorm_conv2d 128->3 @1024 igemm (pack + t6)"};
+    cases[ncases++] = (Case){B_CONV, 128, 1024, 3, 3, CONV_GN, "groupnorm_conv2d 128->3 @1024 (conv_out)"};
     cases[ncases++] = (Case){B_CONV, 128, 1024, 128, 3, CONV_GN, "groupnorm_conv2d 128->128 @1024"};
     cases[ncases++] = (Case){B_CONV, 256, 1024, 256, 3, CONV_UP, "upsample_conv2d 256->256 @512->1024"};
     cases[ncases++] = (Case){B_CONV, 512, 512, 512, 3, CONV_UP, "upsample_conv2d 512->512 @256->512"};

@@ -1147,6 +1147,7 @@ int main(int argc, char **argv) {
     test_attention(&t, 2500, 1, 1, 512, 0, 0);   /* 40 chunks of 64 rows (1 MiB scratch) */
     test_attention(&t, 700, 2, 1, 256, 1, 0);    /* causal GQA over 3 chunks */
     test_attention(&t, 100, 1, 1, 512, 0, 1);
+    test_attention(&t, 8200, 1, 1, 132, 0, 0);   /* rows of 8200 scores: the register softmax's 8-float4 rows */
     /* HD = 128, aligned, non-causal: the sm_90a kernel on Hopper (key and query tails: S % 128 != 0) */
     test_attention_amp(&t, 1, 2, 2, 128, 0, 0, 1.7f);
     test_attention_amp(&t, 77, 3, 1, 128, 0, 0, 1.7f);
@@ -1267,7 +1268,17 @@ int main(int argc, char **argv) {
     test_groupnorm_conv2d(&t, 1, 128, 96, 96, 64, 3, 1, 32, 1, -1, 1, 2, NULL);   /* bands, residual in place */
     test_groupnorm_conv2d(&t, 1, 128, 16, 16, 3, 3, 1, 32, 1, 9, 11, 0, NULL);    /* mean >> std, Co = 3   */
     test_groupnorm_conv2d(&t, 2, 128, 7, 13, 3, 3, 1, 32, 1, -1, 1, 1, NULL);     /* Co = 3 tile + res     */
+    /* Co <= 4, 3x3 (conv_out): the direct kernel in auto mode, the packing path with "igemm" */
+    test_groupnorm_conv2d(&t, 1, 128, 16, 16, 3, 3, 1, 32, 1, 9, 11, 0, "igemm"); /* mean >> std, Co = 3   */
+    test_groupnorm_conv2d(&t, 2, 128, 7, 13, 3, 3, 1, 32, 1, -1, 1, 1, "igemm");  /* Co = 3 tile + res     */
+    test_groupnorm_conv2d(&t, 2, 128, 70, 130, 3, 3, 1, 32, 1, -1, 1, 1, NULL);   /* direct: edge tiles    */
+    test_groupnorm_conv2d(&t, 1, 40, 33, 65, 4, 3, 1, 8, 0, -2, 2, 2, NULL);      /* partial chunk, in place res */
+    test_groupnorm_conv2d(&t, 1, 256, 18, 66, 2, 3, 1, 32, 1, -3, 5, 0, NULL);    /* 16 chunks             */
+    test_conv2d(&t, 1, 7, 20, 70, 1, 3, 1, 1, 1, NULL, 0);        /* direct: odd Ci, Co = 1             */
+    test_conv2d(&t, 1, 64, 17, 17, 2, 3, 1, 1, 1000, NULL, 0);    /* direct: large magnitude            */
+    test_conv2d(&t, 2, 128, 13, 7, 3, 3, 1, 1, 1, "igemm", 0);    /* conv_out shape through t6          */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 0, "im2col");
+    test_groupnorm_conv2d(&t, 2, 256, 100, 100, 32, 3, 1, 32, 1, -1, 1, 0, NULL); /* 640 packing tiles: blocks loop */
     test_groupnorm_conv2d(&t, 1, 6, 5, 7, 8, 3, 1, 3, 1, -1, 1, 0, NULL);         /* Ci % 8: im2col        */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 1, NULL);    /* residual, 16-byte     */
     test_groupnorm_conv2d(&t, 2, 64, 16, 16, 64, 3, 1, 32, 1, -1, 1, 2, NULL);    /* residual in place     */
