@@ -206,10 +206,10 @@ __global__ void MMA_BOUNDS(BM / WM * 2) attention_mma_kernel(bf16 *out, const bf
             uint32_t a[WM][4];
 #pragma unroll
             for (int w = 0; w < WM; w++) {
-                a[w][0] = pack_bf16(s[w][2 * kt][0], s[w][2 * kt][1]);
-                a[w][1] = pack_bf16(s[w][2 * kt][2], s[w][2 * kt][3]);
-                a[w][2] = pack_bf16(s[w][2 * kt + 1][0], s[w][2 * kt + 1][1]);
-                a[w][3] = pack_bf16(s[w][2 * kt + 1][2], s[w][2 * kt + 1][3]);
+                a[w][0] = pack_bf16x2(s[w][2 * kt][0], s[w][2 * kt][1]);
+                a[w][1] = pack_bf16x2(s[w][2 * kt][2], s[w][2 * kt][3]);
+                a[w][2] = pack_bf16x2(s[w][2 * kt + 1][0], s[w][2 * kt + 1][1]);
+                a[w][3] = pack_bf16x2(s[w][2 * kt + 1][2], s[w][2 * kt + 1][3]);
             }
 #pragma unroll
             for (int dt = 0; dt < HD / 8; dt += 2) {
@@ -239,8 +239,8 @@ __global__ void MMA_BOUNDS(BM / WM * 2) attention_mma_kernel(bf16 *out, const bf
         bf16 *o0 = out + (size_t)row0 * qs + (size_t)h * HD + tq * 2, *o1 = out + (size_t)row1 * qs + (size_t)h * HD + tq * 2;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
-            if (row0 < S) *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16(o[w][dt][0] * inv[0], o[w][dt][1] * inv[0]);
-            if (row1 < S) *reinterpret_cast<uint32_t *>(o1 + dt * 8) = pack_bf16(o[w][dt][2] * inv[1], o[w][dt][3] * inv[1]);
+            if (row0 < S) *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16x2(o[w][dt][0] * inv[0], o[w][dt][1] * inv[0]);
+            if (row1 < S) *reinterpret_cast<uint32_t *>(o1 + dt * 8) = pack_bf16x2(o[w][dt][2] * inv[1], o[w][dt][3] * inv[1]);
         }
     }
 }

@@ -65,18 +65,6 @@
 // PTX wrappers (sm_90a)
 
 #ifdef ZI_SM90_DEVICE_CODE
-/* d[64x128] (+)= A[64x16] B[16x128]; A and B K-major in shared memory; accumulate == 0 overwrites d */
-static __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SM90_ACC64_STR ", %64, %65, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : SM90_ACC64_OPS(d)
-        : "l"(da), "l"(db), "r"(accumulate));
-}
-
 /* d[64x128] += A[64x16] B[16x128]; A in registers (4 x bf16x2 per thread), B MN-major in shared memory */
 static __device__ __forceinline__ void wgmma_rs(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                                 uint64_t db) {
@@ -149,7 +137,7 @@ static __device__ __forceinline__ void a90_issue_qk(float (&s)[64], uint32_t q_a
         uint32_t off = (kk % 4) * 32;
         uint64_t da = wg_desc(q_addr + (kk / 4) * A90_HALF_Q + off, 16, 1024);
         uint64_t db = wg_desc(k_addr + (kk / 4) * A90_HALF_KV + off, 16, 1024);
-        wgmma_ss(s, da, db, kk > 0);
+        wgmma_ss_n128(s, da, db, kk > 0);
     }
     wg_commit();
     reg_fence(s);

@@ -1,7 +1,8 @@
 /*
  * common.cuh - small device helpers shared by the kernels: bf16 <-> f32, 8-wide packed
- * loads/stores, warp and block reductions, grid sizing. Defines: bf16, ld8/st8, warp_sum,
- * warp_max, block_sum, block_max, grid_for, is_aligned16, silu_mul.
+ * loads/stores, bf16 pair packing, shared-memory addresses, warp and block reductions, grid sizing.
+ * Defines: bf16, ld8/st8, pack_bf16x2, smem_u32, warp_sum, warp_max, block_sum, block_max, grid_for,
+ * is_aligned16, silu_mul.
  */
 #ifndef ZI_COMMON_CUH
 #define ZI_COMMON_CUH
@@ -40,6 +41,15 @@ static __device__ __forceinline__ void st8(bf16 *p, const float f[8]) {
 /* silu(a) * b in fp32, the one formula of every SwiGLU on the device (swiglu, swiglu_pair, the
    matmul_swiglu epilogue), so the fused and unfused paths round identically */
 static __device__ __forceinline__ float silu_mul(float a, float b) { return a / (1.0f + expf(-a)) * b; }
+
+/* two floats -> one register of two bf16 (lo in the low half), rounded to nearest even */
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+/* shared-memory address of a generic pointer into shared memory (for PTX operands) */
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -22,10 +22,11 @@
  * conv_wgmma_kernel<WGS, BN, STAGES, MINB> (sm_90a): the same GEMM, same k-blocks and epilogue, on
  * Hopper's wgmma (64 x BN per warpgroup, operands from 128-byte-swizzled shared memory written by
  * cp.async); ~1.6x the mma.sync kernel on H100. Taken on compute capability 9.x when the loaded binary
- * has sm_90a code (conv90_probe_kernel) and ZIMAGE_CONV_SM90 is not 0; every other device keeps the
+ * has sm_90a code (the sm90.cuh probe) and ZIMAGE_CONV_SM90 is not 0; every other device keeps the
  * mma.sync tiles (sm_86/89: the 99 KB ones).
  */
 #include "mma.cuh"
+#include "sm90.cuh"
 
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,30 @@ static __device__ __forceinline__ void conv_store_tile(const ConvArgs &p, const 
     }
 }
 
+/* The output pixels of a thread's A rows m = m_first + i * RSTEP (i < ROWS): image offset (in source
+   pixels) and y << 16 | x (y = 0x7fff: no pixel; H, W < 0x7ff0 is checked by the launcher, so every tap
+   of it is outside). Shared by the mma.sync and the wgmma kernels. */
+template <int ROWS, int RSTEP>
+static __device__ __forceinline__ void conv_a_rows(const ConvArgs &p, int m_first, int (&a_img)[ROWS], int (&a_yx)[ROWS]) {
+    const int HoWo = p.Ho * p.Wo;
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+        int m = m_first + i * RSTEP;
+        int b = m / HoWo, pix = m - b * HoWo;
+        a_img[i] = b * p.Hs * p.Ws;
+        a_yx[i] = m < p.M ? (pix / p.Wo) << 16 | (pix % p.Wo) : 0x7fff << 16;
+    }
+}
+
+/* Where A row (img, yx) of conv_a_rows reads channels c .. c+7 at tap (ky, kx): the packed input pixel
+   (the upsample's addressing included), or p.x with *valid = false past a border or past Ci (zero fill). */
+static __device__ __forceinline__ const bf16 *conv_a_src(const ConvArgs &p, int img, int yx, int ky, int kx, int c,
+                                                         bool c_ok, bool *valid) {
+    int yi = (yx >> 16) + p.y0 + ky - p.pad, xi = (yx & 0xffff) + kx - p.pad;
+    *valid = c_ok && (unsigned)yi < (unsigned)p.H && (unsigned)xi < (unsigned)p.W;
+    return *valid ? p.x + ((size_t)(img + ((yi - p.ys) >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
+}
+
 template <int BM, int BN, int BK, int WM, int WN, int STAGES>
 __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
     using C = ConvCfg<BM, BN, BK, WM, WN, STAGES>;
@@ -109,18 +134,10 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / WN, wn = warp % WN;
     const int tile_n = blockIdx.x % p.tiles_n, tile_m = blockIdx.x / p.tiles_n; /* n fastest: A tile shared in L2 */
     const int m0 = tile_m * BM, n0 = tile_n * BN, q = tid % C::CPR, r0 = tid / C::CPR;
-    const int HoWo = p.Ho * p.Wo, kk = p.k * p.k, cpt = (p.Ci + BK - 1) / BK, nk = kk * cpt;
+    const int kk = p.k * p.k, cpt = (p.Ci + BK - 1) / BK, nk = kk * cpt;
 
-    /* the output pixels of this thread's A rows: image offset (in source pixels) and y << 16 | x
-       (y = 0x7fff: no pixel; H, W < 0x7ff0 is checked by the launcher, so every tap of it is outside) */
     int a_img[C::A_ROWS], a_yx[C::A_ROWS];
-#pragma unroll
-    for (int i = 0; i < C::A_ROWS; i++) {
-        int m = m0 + r0 + i * C::RSTEP;
-        int b = m / HoWo, pix = m - b * HoWo;
-        a_img[i] = b * p.Hs * p.Ws;
-        a_yx[i] = m < p.M ? (pix / p.Wo) << 16 | (pix % p.Wo) : 0x7fff << 16;
-    }
+    conv_a_rows<C::A_ROWS, C::RSTEP>(p, m0 + r0, a_img, a_yx); /* the output pixels of this thread's A rows */
     /* this thread's B rows are output channels n0 + r0 + i*RSTEP: one base pointer, rows RSTEP*k*k*Ci apart */
     const bf16 *b_base = p.w + (size_t)(n0 + r0) * kk * p.Ci;
     const size_t b_step = (size_t)C::RSTEP * kk * p.Ci;
@@ -133,10 +150,8 @@ __global__ void __launch_bounds__(WM * WN * 32) conv_igemm_kernel(ConvArgs p) {
         bool c_ok = c < p.Ci;
 #pragma unroll
         for (int i = 0; i < C::A_ROWS; i++) {
-            int yi = (a_yx[i] >> 16) + p.y0 + ld_ky - p.pad, xi = (a_yx[i] & 0xffff) + ld_kx - p.pad;
-            bool v = c_ok && (unsigned)yi < (unsigned)p.H && (unsigned)xi < (unsigned)p.W;
-            const bf16 *src =
-                v ? p.x + ((size_t)(a_img[i] + ((yi - p.ys) >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
+            bool v;
+            const bf16 *src = conv_a_src(p, a_img[i], a_yx[i], ld_ky, ld_kx, c, c_ok, &v);
             cp_async16(As + (r0 + i * C::RSTEP) * C::LDS + q * 8, src, v);
         }
 #pragma unroll
@@ -244,11 +259,7 @@ static cudaError_t launch_igemm(ConvArgs p, cudaStream_t stream) {
 // Pipeline of STAGES stages: k-block kb+STAGES-2 is loaded while wgmma kb runs and wgmma kb-1 may still
 // be in flight (wgmma.wait_group 1), so a stage is refilled only after every warpgroup retired it.
 // Epilogue as conv_igemm_kernel's (conv_store_tile). Compiled for every arch; the body only exists in
-// sm_90a code, and conv90_probe_kernel tells the host whether the loaded binary has it.
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define CONV90_DEVICE_CODE 1
-#endif
+// sm_90a code, and the sm90.cuh probe tells the host whether the loaded binary has it.
 
 template <int WGS, int BN, int STAGES>
 struct Conv90Cfg {
@@ -265,102 +276,21 @@ struct Conv90Cfg {
                   "tile shape");
 };
 
-#ifdef CONV90_DEVICE_CODE
-/* wgmma shared-memory matrix descriptor, 128-byte swizzle (layout type 1, bits 62-63): start address,
-   leading byte offset (unused by the swizzled K-major layout, 16), stride byte offset 1024 between 8-row
-   groups; all >> 4. Base offset 0: every tile starts 1024-byte aligned. */
-static __device__ __forceinline__ uint64_t conv90_desc(uint32_t addr) {
-    return (uint64_t)((addr & 0x3FFFF) >> 4) | (uint64_t)(16 >> 4) << 16 | (uint64_t)(1024 >> 4) << 32 |
-           (uint64_t)1 << 62;
-}
-static __device__ __forceinline__ void conv90_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void conv90_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-static __device__ __forceinline__ void conv90_wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-/* this thread's completed cp.async writes to shared memory become visible to the async proxy (wgmma) */
-static __device__ __forceinline__ void conv90_fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
+#ifdef ZI_SM90_DEVICE_CODE
+/* wgmma descriptor of a K-major tile in the 128-byte swizzle: 8-row groups 1024 bytes apart (sm90.cuh) */
+static __device__ __forceinline__ uint64_t conv90_desc(uint32_t addr) { return wg_desc(addr, 16, 1024); }
 
-#define CONV90_D64_STR \
-    "{" \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" \
-    "}"
-#define CONV90_D64_OPS(d) \
-    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-
-#define CONV90_D128_STR \
-    "{" \
-    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
-    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
-    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
-    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
-    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
-    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127" \
-    "}"
-#define CONV90_D128_OPS(d) \
-    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
-    "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
-    "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
-    "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
-    "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
-    "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), \
-    "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), \
-    "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
-    "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-
-
-/* d[64 x N] += A[64 x 16] B[16 x N], A and B K-major in shared memory (descriptors da, db) */
-template <int N>
-static __device__ __forceinline__ void conv90_wgmma(float (&d)[N / 2], uint64_t da, uint64_t db);
-template <>
-__device__ __forceinline__ void conv90_wgmma<128>(float (&d)[64], uint64_t da, uint64_t db) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n" /* scale-d: accumulate */
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " CONV90_D64_STR ", %64, %65, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : CONV90_D64_OPS(d)
-        : "l"(da), "l"(db), "r"(1));
+/* d[64 x BN] += A[64 x 16] B[16 x BN], A and B K-major in shared memory (descriptors da, db) */
+template <int BN>
+static __device__ __forceinline__ void conv90_wgmma(float (&d)[BN / 2], uint64_t da, uint64_t db) {
+    if constexpr (BN == 128) wgmma_ss_n128(d, da, db, 1);
+    else wgmma_ss_n256(d, da, db, 1);
 }
-template <>
-__device__ __forceinline__ void conv90_wgmma<256>(float (&d)[128], uint64_t da, uint64_t db) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n" /* scale-d: accumulate */
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " CONV90_D128_STR ", %128, %129, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : CONV90_D128_OPS(d)
-        : "l"(da), "l"(db), "r"(1));
-}
-#endif /* CONV90_DEVICE_CODE */
+#endif /* ZI_SM90_DEVICE_CODE */
 
 template <int WGS, int BN, int STAGES, int MINB>
 __global__ void __launch_bounds__(WGS * 128, MINB) conv_wgmma_kernel(ConvArgs p) {
-#ifdef CONV90_DEVICE_CODE
+#ifdef ZI_SM90_DEVICE_CODE
     using C = Conv90Cfg<WGS, BN, STAGES>;
     constexpr int BM = C::BM, BK = C::BK;
     extern __shared__ __align__(16) unsigned char conv90_smem[];
@@ -369,19 +299,12 @@ __global__ void __launch_bounds__(WGS * 128, MINB) conv_wgmma_kernel(ConvArgs p)
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, warp_in_wg = (tid / 32) % 4;
     const int tile_n = blockIdx.x % p.tiles_n, tile_m = blockIdx.x / p.tiles_n; /* n fastest: A tile shared in L2 */
     const int m0 = tile_m * BM, n0 = tile_n * BN, q = tid % 8, r0 = tid / 8;
-    const int HoWo = p.Ho * p.Wo, kk = p.k * p.k, cpt = (p.Ci + BK - 1) / BK, nk = kk * cpt;
+    const int kk = p.k * p.k, cpt = (p.Ci + BK - 1) / BK, nk = kk * cpt;
     /* rows r0 + i*RSTEP all have r % 8 == r0 % 8 (RSTEP % 8 == 0): one swizzled chunk offset per thread */
     const int chunk_off = ((q ^ (r0 % 8)) * 16);
 
-    /* this thread's A rows: output pixels, as conv_igemm_kernel's (image offset, y << 16 | x, 0x7fff: none) */
     int a_img[C::A_ROWS], a_yx[C::A_ROWS];
-#pragma unroll
-    for (int i = 0; i < C::A_ROWS; i++) {
-        int m = m0 + r0 + i * C::RSTEP;
-        int b = m / HoWo, pix = m - b * HoWo;
-        a_img[i] = b * p.Hs * p.Ws;
-        a_yx[i] = m < p.M ? (pix / p.Wo) << 16 | (pix % p.Wo) : 0x7fff << 16;
-    }
+    conv_a_rows<C::A_ROWS, C::RSTEP>(p, m0 + r0, a_img, a_yx); /* the output pixels of this thread's A rows */
     const bf16 *b_base = p.w + (size_t)(n0 + r0) * kk * p.Ci;
     const size_t b_step = (size_t)C::RSTEP * kk * p.Ci;
 
@@ -392,10 +315,8 @@ __global__ void __launch_bounds__(WGS * 128, MINB) conv_wgmma_kernel(ConvArgs p)
         bool c_ok = c < p.Ci;
 #pragma unroll
         for (int i = 0; i < C::A_ROWS; i++) {
-            int yi = (a_yx[i] >> 16) + p.y0 + ld_ky - p.pad, xi = (a_yx[i] & 0xffff) + ld_kx - p.pad;
-            bool v = c_ok && (unsigned)yi < (unsigned)p.H && (unsigned)xi < (unsigned)p.W;
-            const bf16 *src =
-                v ? p.x + ((size_t)(a_img[i] + ((yi - p.ys) >> p.up) * p.Ws + (xi >> p.up)) * p.Ci + c) : p.x;
+            bool v;
+            const bf16 *src = conv_a_src(p, a_img[i], a_yx[i], ld_ky, ld_kx, c, c_ok, &v);
             cp_async16(As + i * C::RSTEP * 128, src, v);
         }
 #pragma unroll
@@ -424,21 +345,21 @@ __global__ void __launch_bounds__(WGS * 128, MINB) conv_wgmma_kernel(ConvArgs p)
     }
     for (int kb = 0; kb < nk; kb++) {
         cp_async_wait<STAGES - 3>(); /* this thread's copies of k-block kb have landed */
-        conv90_fence_proxy_async();  /* ... and are visible to wgmma, which reads through the async proxy */
+        fence_async_smem();  /* ... and are visible to wgmma, which reads through the async proxy */
         __syncthreads(); /* every thread's part of stage kb is in; every warpgroup retired wgmma kb-2 (wait 1 below) */
         if (kb + STAGES - 2 < nk) load_stage((kb + STAGES - 2) % STAGES); /* refills the stage of k-block kb-2 */
         cp_async_commit();
         const uint32_t a_addr = sbase + (kb % STAGES) * C::STAGE_BYTES + wg * 64 * 128;
         const uint32_t b_addr = sbase + (kb % STAGES) * C::STAGE_BYTES + C::A_BYTES;
         const uint64_t da = conv90_desc(a_addr), db = conv90_desc(b_addr);
-        conv90_wg_fence(); /* accumulator registers written before (zeroing, wgmma kb-1) are ordered before wgmma kb */
+        wg_fence(); /* accumulator registers written before (zeroing, wgmma kb-1) are ordered before wgmma kb */
 #pragma unroll
         for (int ks = 0; ks < BK / 16; ks++) /* 16 channels = 32 bytes further along the swizzled rows */
             conv90_wgmma<BN>(acc, da + 2 * ks, db + 2 * ks);
-        conv90_wg_commit();
-        conv90_wg_wait<1>(); /* wgmma kb-1 is done: its stage may be refilled after the next barrier */
+        wg_commit();
+        wg_wait<1>(); /* wgmma kb-1 is done: its stage may be refilled after the next barrier */
     }
-    conv90_wg_wait<0>();
+    wg_wait<0>();
     cp_async_wait<0>();
     __syncthreads(); /* every warpgroup is done with the pipeline stages before the epilogue reuses them */
 
@@ -461,49 +382,16 @@ __global__ void __launch_bounds__(WGS * 128, MINB) conv_wgmma_kernel(ConvArgs p)
     __syncthreads(); /* the whole output tile is in shared memory before rows of it are stored */
 
     conv_store_tile<BM, BN, C::NT>(p, Cs, C::LDC, m0, n0);
-#endif /* CONV90_DEVICE_CODE */
+#endif /* ZI_SM90_DEVICE_CODE */
 }
 
-/* writes 1 when the loaded binary holds sm_90a code for this device (conv_wgmma_kernel has a body) */
-__global__ void conv90_probe_kernel(int *flag) {
-#ifdef CONV90_DEVICE_CODE
-    *flag = 1;
-#else
-    *flag = 0;
-#endif
-}
-
-#define CONV90_MAX_DEVICES 64
-
-/* 1 when device dev can run conv_wgmma_kernel: compute capability 9.x and sm_90a code loaded (probe),
-   unless ZIMAGE_CONV_SM90=0. Probed once per device (a synchronous copy; skipped, without caching,
-   while `stream` is being captured into a graph). Read and written atomically: threads racing on a
-   first call probe twice and agree. */
+/* 1 when device dev can run conv_wgmma_kernel: compute capability 9.x and sm_90a code loaded (the
+   sm90.cuh probe, once per device), unless ZIMAGE_CONV_SM90=0. Each launch sets its own shared memory. */
 static int conv90_ready(int dev, cudaStream_t stream) {
-    static int state[CONV90_MAX_DEVICES]; /* 0 unknown, 1 ready, 2 not */
-    static int env = -1;                  /* ZIMAGE_CONV_SM90, read once: 0 turns the path off */
-    if (__atomic_load_n(&env, __ATOMIC_ACQUIRE) < 0) {
-        const char *s = getenv("ZIMAGE_CONV_SM90");
-        __atomic_store_n(&env, s && atoi(s) == 0 ? 0 : 1, __ATOMIC_RELEASE);
-    }
-    if (!__atomic_load_n(&env, __ATOMIC_ACQUIRE) || dev < 0 || dev >= CONV90_MAX_DEVICES) return 0;
-    int known = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
-    if (known) return known == 1;
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) return 0;
-    int major = 0, ok = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    if (major == 9) {
-        int *d_flag = NULL, flag = 0;
-        if (cudaMalloc(&d_flag, sizeof(int)) == cudaSuccess) {
-            conv90_probe_kernel<<<1, 1>>>(d_flag);
-            if (cudaMemcpy(&flag, d_flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess && flag == 1) ok = 1;
-            cudaFree(d_flag);
-        }
-    }
-    (void)cudaGetLastError(); /* a failed probe is an answer, not an error of the caller's op */
-    __atomic_store_n(&state[dev], ok ? 1 : 2, __ATOMIC_RELEASE);
-    return ok;
+    static int state[ZI_SM90_MAX_DEVICES]; /* 0 unknown, 1 ready, 2 not */
+    static int env_off = -1;
+    if (sm90_env_off("ZIMAGE_CONV_SM90", &env_off)) return 0;
+    return sm90_kernels_ready(state, dev, stream, 0, NULL, 0);
 }
 
 /* one wgmma tile configuration: its kernel, shared memory and grid */
@@ -642,7 +530,7 @@ struct PackNorm {
    fastest, so the tiles that fill one pixel's NHWC row run close together). Load: warp w reads channel
    rows w, w+8, w+16, w+24 of the tile (512 contiguous bytes each) by cp.async into the thread's own slots
    of Rs; the next tile's copies are issued before this tile is normalised, so the block's memory traffic
-   overlaps its expf / divide work (with one tile per block, conv_pack_input_tile_kernel, the two ran one
+   overlaps its expf / divide work (with one tile per block, the kernel before this one, the two ran one
    after the other: 0.38 ms against 0.27 for the plain pack at 128 ch 1024^2). The rows are normalised (the channel's parameters loaded
    once per row) and stored as rows of Ts[32][256] (16-byte chunk pc of row ch at chunk pc ^ (ch / 8), so
    the column reads below hit 4 different bank groups). Store: thread (pixel tid/4 + 64k, channels
@@ -713,50 +601,9 @@ __global__ void __launch_bounds__(256, 3) conv_pack_input_vec_kernel(bf16 *nhwc,
     }
 }
 
-/* the same with one tile per block (blockIdx.x pixels, blockIdx.y channels, blockIdx.z image), one load and
-   normalise phase then one store phase: ZIMAGE_CONV_PACK=tile, the kernel before the pipelined one */
-__global__ void __launch_bounds__(256) conv_pack_input_tile_kernel(bf16 *nhwc, const bf16 *in, int C, int HW,
-                                                                   size_t plane, PackNorm f) {
-    __shared__ __align__(16) bf16 Ts[32 * 256];
-    const int b = blockIdx.z, c0 = blockIdx.y * 32, p0 = blockIdx.x * 256, tid = threadIdx.x;
-    const int pc = tid % 32; /* the 8-pixel chunk this thread loads */
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        int ch = tid / 32 + 8 * k;
-        if (p0 + pc * 8 >= HW) continue;
-        float v[8];
-        ld8(v, in + ((size_t)b * C + c0 + ch) * plane + p0 + pc * 8);
-        const PackNorm::Chan kc = f.chan(b, c0 + ch);
-#pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = f(v[i], kc);
-        st8(Ts + ch * 256 + ((pc ^ (ch / 8)) * 8), v);
-    }
-    __syncthreads(); /* the whole tile is normalised and in shared memory before its columns are read */
-    const int cg = tid % 4;
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        int px = tid / 4 + 64 * k;
-        if (p0 + px >= HW) continue;
-        uint4 u;
-        bf16 *h = reinterpret_cast<bf16 *>(&u);
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            int ch = cg * 8 + j;
-            h[j] = Ts[ch * 256 + (((px / 8) ^ (ch / 8)) * 8) + px % 8];
-        }
-        *reinterpret_cast<uint4 *>(nhwc + ((size_t)b * HW + p0 + px) * C + c0 + cg * 8) = u;
-    }
-}
-
 /* blocks of conv_pack_input_vec_kernel: at most as many as fit on the device at once (each loops over
-   tiles), or 0 for conv_pack_input_tile_kernel (ZIMAGE_CONV_PACK=tile, read once: a lab knob) */
+   tiles) */
 static long conv_pack_blocks(long ntiles) {
-    static int one_tile = -1;
-    if (__atomic_load_n(&one_tile, __ATOMIC_ACQUIRE) < 0) {
-        const char *s = getenv("ZIMAGE_CONV_PACK");
-        __atomic_store_n(&one_tile, s && strcmp(s, "tile") == 0 ? 1 : 0, __ATOMIC_RELEASE);
-    }
-    if (__atomic_load_n(&one_tile, __ATOMIC_ACQUIRE)) return 0;
     int dev = 0, sms = 0, per_sm = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
@@ -791,13 +638,8 @@ extern "C" cudaError_t zi_conv_pack_input_cuda(void *nhwc, const void *in, int B
         C / 32 <= 65535) {
         long ntiles = (long)B * (C / 32) * ((HW + 255) / 256), blocks = conv_pack_blocks(ntiles);
         if (ntiles > 0x7fffffffL) return cudaErrorInvalidValue;
-        if (blocks > 0) {
-            conv_pack_input_vec_kernel<<<(unsigned)blocks, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B, C, HW,
-                                                                             plane, f);
-        } else {
-            dim3 grid((unsigned)((HW + 255) / 256), (unsigned)(C / 32), (unsigned)B);
-            conv_pack_input_tile_kernel<<<grid, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, C, HW, plane, f);
-        }
+        conv_pack_input_vec_kernel<<<(unsigned)blocks, 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B, C, HW,
+                                                                         plane, f);
     } else {
         conv_pack_input_kernel<<<grid_for((size_t)B * C * HW, 256), 256, 0, stream>>>((bf16 *)nhwc, (const bf16 *)in, B,
                                                                                        C, HW, plane, f);

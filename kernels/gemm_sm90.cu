@@ -66,17 +66,6 @@
 #define G90_SMEM_BYTES (1024 + G90_BAR_OFF + 8 * 2 * G90_STAGES) /* full[], empty[] */
 
 #ifdef ZI_SM90_DEVICE_CODE
-/* d[64x256] (+)= A[64x16] B[16x256]; A and B K-major in shared memory; accumulate == 0 overwrites d */
-static __device__ __forceinline__ void wgmma_256(float (&d)[128], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " SM90_ACC128_STR ", %128, %129, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : SM90_ACC128_OPS(d)
-        : "l"(da), "l"(db), "r"(accumulate));
-}
 
 /* silu_mul of the bf16 pairs (gate lo, gate hi) x (up lo, up hi) -> bf16 pair */
 static __device__ __forceinline__ uint32_t silu_mul_bf16x2(uint32_t gate, uint32_t up) {
@@ -97,7 +86,7 @@ static __device__ __forceinline__ void g90_issue(float (&acc)[128], uint32_t sba
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < G90_BK / 16; kk++)
-        wgmma_256(acc, wg_desc(a_addr + kk * 32, 16, 1024), wg_desc(b_addr + kk * 32, 16, 1024), !first || kk > 0);
+        wgmma_ss_n256(acc, wg_desc(a_addr + kk * 32, 16, 1024), wg_desc(b_addr + kk * 32, 16, 1024), !first || kk > 0);
     wg_commit();
     reg_fence(acc);
 }

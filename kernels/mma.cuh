@@ -1,14 +1,12 @@
 /*
  * mma.cuh - PTX wrappers for the sm_80+ tensor-core kernels (attention.cu, conv.cu): shared-memory
- * addresses, 16-byte cp.async copies with zero fill, ldmatrix (plain and transposed), the
- * m16n8k16 bf16 mma with fp32 accumulators, and bf16 pair packing.
+ * 16-byte cp.async copies with zero fill, ldmatrix (plain and transposed), the m16n8k16 bf16 mma
+ * with fp32 accumulators (shared-memory addresses and bf16 pair packing: common.cuh).
  */
 #ifndef ZI_MMA_CUH
 #define ZI_MMA_CUH
 
 #include "common.cuh"
-
-static __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* 16 bytes global -> shared, asynchronously, bypassing L1; valid == false writes 16 zero bytes */
 static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
@@ -37,11 +35,6 @@ static __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4],
                  "{%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
 }
 
 #endif /* ZI_MMA_CUH */

@@ -1,10 +1,10 @@
 /*
- * sm90.cuh - the Hopper (sm_90a) primitives shared by attention_sm90.cu and gemm_sm90.cu:
+ * sm90.cuh - the Hopper (sm_90a) primitives shared by attention_sm90.cu, gemm_sm90.cu and conv.cu:
  *   device (only where ZI_SM90_DEVICE_CODE is defined, i.e. code compiled for sm_90a): mbarrier
  *     init / expect_tx / arrive / wait, the 2D TMA tile load and store (bulk groups, proxy fence),
  *     the wgmma shared-memory descriptor
  *     (128-byte swizzle), wgmma fence / commit / wait, the accumulator register lists of the wgmma
- *     inline PTX, register fences, bf16x2 packing;
+ *     inline PTX, m64n128 / m64n256 wgmma with both operands in shared memory, register fences;
  *   host: the sm_90a probe (does the loaded binary hold sm_90a code for this device?), the
  *     tensor-map encoder from the driver entry point (cudart is linked statically, libcuda is not
  *     linked), the 2D tensor map of a row-major bf16 matrix, a once-read environment switch.
@@ -27,7 +27,6 @@
 // PTX wrappers (sm_90a)
 
 #ifdef ZI_SM90_DEVICE_CODE
-static __device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 static __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
@@ -142,9 +141,27 @@ static __device__ __forceinline__ void reg_fence(uint32_t (&d)[N]) {
     "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
     "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 
-static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
+/* d[64x128] (+)= A[64x16] B[16x128]; A and B K-major in shared memory; accumulate == 0 overwrites d */
+static __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SM90_ACC64_STR ", %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : SM90_ACC64_OPS(d)
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+/* d[64x256] (+)= A[64x16] B[16x256]; A and B K-major in shared memory; accumulate == 0 overwrites d */
+static __device__ __forceinline__ void wgmma_ss_n256(float (&d)[128], uint64_t da, uint64_t db, int accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " SM90_ACC128_STR ", %128, %129, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : SM90_ACC128_OPS(d)
+        : "l"(da), "l"(db), "r"(accumulate));
 }
 #endif /* ZI_SM90_DEVICE_CODE */
 
