@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define SEQ_MULTI_OF 32
+#define DIT_GRAPH_SLOTS 2
 
 struct DitModel {
     DitConfig cfg;
@@ -57,9 +58,14 @@ struct DitModel {
     float *cs_host;         /* [S, HD/2, 2] host staging for cs                           */
     int cs_key[4];          /* (Ft, Ht, Wt, Lp) the table in t.cs was built for            */
     int cs_valid;           /* t.cs holds that table (reset when the activations move)     */
-    /* replay (backends with graphs): the transformer recorded once per set of sizes and buffers */
-    void *graph;            /* the recorded dit_run, or NULL                              */
-    size_t graph_key[10];   /* sizes and buffers of the last run (DIT_GRAPH_KEY)          */
+    /* replay (backends with graphs): the transformer recorded once per set of sizes and buffers,
+       in DIT_GRAPH_SLOTS slots (CFG alternates the positive and the negative caption's length) */
+    struct DitGraph {
+        void *exec;         /* the recorded dit_run, or NULL (the key's first run is eager) */
+        size_t key[10];     /* sizes and buffers it was recorded with (dit_run_replayed)  */
+        unsigned long used; /* when it last ran, for least-recently-used replacement      */
+    } graphs[DIT_GRAPH_SLOTS];
+    unsigned long graph_clock;
     int graphs_off;         /* recording failed once: run eagerly from then on            */
 };
 
@@ -248,11 +254,12 @@ static void dit_rope_row(const DitModel *m, float *row, int p0, int p1, int p2) 
 /* ---------------------------------------------------------------------------------------- */
 /* activations: one allocation, carved by byte offsets (fp32 tables and backend elements) */
 
-/* Forget the recorded forward (its buffers are about to move, or the model goes away). */
+/* Forget the recorded forwards (their buffers are about to move, or the model goes away). */
 static void dit_drop_graph(DitModel *m) {
-    if (m->graph) m->be->ops->graph_free(m->be, m->graph);
-    m->graph = NULL;
-    memset(m->graph_key, 0, sizeof m->graph_key);
+    for (int i = 0; i < DIT_GRAPH_SLOTS; i++) {
+        if (m->graphs[i].exec) m->be->ops->graph_free(m->be, m->graphs[i].exec);
+        memset(&m->graphs[i], 0, sizeof m->graphs[i]);
+    }
 }
 
 static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
@@ -557,7 +564,8 @@ fail:
 
 /* dit_run on m->t.cap. On a backend with graphs, the first run with a set of sizes and buffers is eager
    (it sizes the backend's plans and scratch), the second is recorded, and every later one replays the
-   recording: one launch instead of ~400. Any failure to record turns recording off for this model. */
+   recording: one launch instead of ~400. DIT_GRAPH_SLOTS sets are kept (least recently used replaced).
+   Any failure to record turns recording off for this model. */
 static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
@@ -565,17 +573,25 @@ static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
     size_t key[10] = {(size_t)m->acts, (size_t)m->weights, (size_t)m->max_S, (size_t)m->max_N, (size_t)m->max_L,
                       m->max_lat, (size_t)d->Fr, (size_t)d->H, (size_t)d->W, (size_t)d->L};
     if (!op->capture_begin || m->graphs_off) return dit_run(m, d, m->t.cap);
-    if (memcmp(key, m->graph_key, sizeof key) != 0) { /* new sizes or buffers: warm up eagerly */
-        dit_drop_graph(m);
-        memcpy(m->graph_key, key, sizeof key);
+    struct DitGraph *g = NULL, *lru = &m->graphs[0];
+    for (int i = 0; i < DIT_GRAPH_SLOTS; i++) {
+        if (memcmp(key, m->graphs[i].key, sizeof key) == 0) g = &m->graphs[i];
+        if (m->graphs[i].used < lru->used) lru = &m->graphs[i];
+    }
+    if (!g) { /* new sizes or buffers: warm up eagerly, in the least recently used slot */
+        if (lru->exec) op->graph_free(be, lru->exec);
+        lru->exec = NULL;
+        memcpy(lru->key, key, sizeof key);
+        lru->used = ++m->graph_clock;
         return dit_run(m, d, m->t.cap);
     }
-    if (m->graph) {
+    g->used = ++m->graph_clock;
+    if (g->exec) {
         int ran = 0;
-        ZI_TRY(op->replay(be, m->graph, &ran));
+        ZI_TRY(op->replay(be, g->exec, &ran));
         if (ran) return ZI_OK;
-        op->graph_free(be, m->graph); /* the backend's scratch moved since: record again */
-        m->graph = NULL;
+        op->graph_free(be, g->exec); /* the backend's scratch moved since: record again */
+        g->exec = NULL;
     }
     if (op->capture_begin(be) != ZI_OK) {
         m->graphs_off = 1;
@@ -589,9 +605,9 @@ static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
         m->graphs_off = 1;
         return dit_run(m, d, m->t.cap); /* eagerly, reporting a real failure as it happens */
     }
-    m->graph = graph;
+    g->exec = graph;
     int ran = 0;
-    ZI_TRY(op->replay(be, m->graph, &ran));
+    ZI_TRY(op->replay(be, g->exec, &ran));
     if (!ran) ZI_TRY(dit_run(m, d, m->t.cap));
 fail:
     return st;

@@ -129,20 +129,26 @@ import numpy as np
 import zimage
 pipe = zimage.ZImagePipeline.from_pretrained(sys.argv[1]).to("cuda")
 pipe.set_progress_bar_config(disable=True)
+replays = ctypes.CDLL(zimage._zimage.__file__).zi_cuda_graph_replays
+replays.restype = ctypes.c_ulong
 imgs = []
 for seed in (1, 2):  # the second call replays from its first step
     imgs.append(pipe(prompt="a red fox in the snow", height=64, width=64, num_inference_steps=5, guidance_scale=0.0,
                      generator=zimage.Generator().manual_seed(seed), output_type="np").images)
-replays = ctypes.CDLL(zimage._zimage.__file__).zi_cuda_graph_replays
-replays.restype = ctypes.c_ulong
-np.savez(sys.argv[2], images=np.stack(imgs), replays=replays())
+plain = replays()
+# CFG: the negative caption has another length, so positive and negative forwards alternate two graphs
+cfg = pipe(prompt="a red fox in the snow", negative_prompt="blurry, low quality, watermark, text, ugly", height=64,
+           width=64, num_inference_steps=5, guidance_scale=3.0, generator=zimage.Generator().manual_seed(3),
+           output_type="np").images
+np.savez(sys.argv[2], images=np.stack(imgs), cfg=cfg, replays=plain, cfg_replays=replays() - plain)
 """
 
 
 def test_recorded_transformer_equals_eager_cuda(tiny_pipeline, tmp_path):
     """From the second step on, the transformer runs as a recorded CUDA graph (the first run with a set of
-    sizes is eager, the second is recorded): its images equal those of a process with graphs off
-    (ZIMAGE_GRAPHS=0, read when the backend starts), bit for bit, and graphs were really replayed."""
+    sizes is eager, the second is recorded; CFG keeps one graph for each caption length): its images equal
+    those of a process with graphs off (ZIMAGE_GRAPHS=0, read when the backend starts), bit for bit, and
+    graphs were really replayed."""
     _, _, folder = tiny_pipeline
     out = {}
     for graphs in ("1", "0"):
@@ -152,6 +158,9 @@ def test_recorded_transformer_equals_eager_cuda(tiny_pipeline, tmp_path):
         subprocess.run([sys.executable, "-c", GRAPH_SCRIPT, str(folder), str(path)], env=env, check=True, timeout=300)
         out[graphs] = np.load(path)
     assert int(out["1"]["replays"]) == 5 + 5 - 1, "steps 2-5 of the first call and all 5 of the second replay"
-    assert int(out["0"]["replays"]) == 0
-    assert np.array_equal(out["1"]["images"], out["0"]["images"])
-    assert np.isfinite(out["1"]["images"]).all() and out["1"]["images"].std() > 0
+    # the positive forwards replay the graph recorded above; the negative ones from their second step on
+    assert int(out["1"]["cfg_replays"]) >= 5 + 4 - 1, int(out["1"]["cfg_replays"])
+    assert int(out["0"]["replays"]) == 0 and int(out["0"]["cfg_replays"]) == 0
+    for k in ("images", "cfg"):
+        assert np.array_equal(out["1"][k], out["0"][k]), k
+        assert np.isfinite(out["1"][k]).all() and out["1"][k].std() > 0
