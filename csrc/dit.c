@@ -44,7 +44,7 @@ struct DitModel {
         void *g;            /* [S, F] FFN hidden silu(gate) * up                          */
         void *lat;          /* [C*Fr*H*W] latent in, and out                              */
         void *patches;      /* [N, P] patch tokens in, then final-layer output             */
-        void *cap;          /* [L, Cc] caption features (dit_forward's host upload)       */
+        void *cap;          /* [L, Cc] caption features (copied in by dit_forward*)       */
         void *capn;         /* [L, Cc] normed caption features                            */
         void *tf;           /* [256] sinusoid                                             */
         void *th;           /* [T] timestep MLP hidden                                    */
@@ -513,10 +513,10 @@ fail:
     return st;
 }
 
-/* The transformer on the latent in m->t.lat [C, Fr, H, W] (activation type) at the timestep whose
-   sinusoid is in m->t.tf, with caption features cap [L, Cc] (activation type, on the backend); the
-   output replaces m->t.lat. Queues backend ops only (no host waits), so it can be recorded. */
-static zi_status dit_run(DitModel *m, const DitDims *d, const void *cap) {
+/* The transformer on its inputs in fixed buffers: the latent m->t.lat [C, Fr, H, W], the timestep's
+   sinusoid m->t.tf and the caption features m->t.cap [L, Cc] (activation type); the output replaces
+   m->t.lat. Queues backend ops only (no host waits), so it can be recorded. */
+static zi_status dit_run(DitModel *m, const DitDims *d) {
     zi_status st = ZI_OK;
     ZiBackend *be = m->be;
     const ZiOps *op = be->ops;
@@ -540,7 +540,7 @@ static zi_status dit_run(DitModel *m, const DitDims *d, const void *cap) {
     ZI_TRY(dit_blocks(m, w->noise_refiner, c->n_refiner_layers, 0, img, cs_img, Np)); /* img [Np, D]  */
 
     /* caption: cap_embedder (RMSNorm, Linear), pad token, context_refiner */
-    ZI_TRY(op->rmsnorm(be, m->t.capn, cap, w->cap_norm, L, Cc, c->norm_eps));       /* capn [L, Cc]   */
+    ZI_TRY(op->rmsnorm(be, m->t.capn, m->t.cap, w->cap_norm, L, Cc, c->norm_eps));  /* capn [L, Cc]   */
     ZI_TRY(op->matmul(be, txt, m->t.capn, w->cap_w, w->cap_b, L, Cc, D));           /* txt [L, D]     */
     if (Lp > L) ZI_TRY(op->fill_rows(be, zi_act(be, txt, (size_t)L * D), w->cap_pad_token, Lp - L, D)); /* txt [Lp, D] */
     ZI_TRY(dit_blocks(m, w->context_refiner, c->n_refiner_layers, -1, txt, cs_txt, Lp)); /* txt [Lp, D] */
@@ -562,7 +562,7 @@ fail:
     return st;
 }
 
-/* dit_run on m->t.cap. On a backend with graphs, the first run with a set of sizes and buffers is eager
+/* dit_run. On a backend with graphs, the first run with a set of sizes and buffers is eager
    (it sizes the backend's plans and scratch), the second is recorded, and every later one replays the
    recording: one launch instead of ~400. DIT_GRAPH_SLOTS sets are kept (least recently used replaced).
    Any failure to record turns recording off for this model. */
@@ -572,7 +572,7 @@ static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
     const ZiOps *op = be->ops;
     size_t key[10] = {(size_t)m->acts, (size_t)m->weights, (size_t)m->max_S, (size_t)m->max_N, (size_t)m->max_L,
                       m->max_lat, (size_t)d->Fr, (size_t)d->H, (size_t)d->W, (size_t)d->L};
-    if (!op->capture_begin || m->graphs_off) return dit_run(m, d, m->t.cap);
+    if (!op->capture_begin || m->graphs_off) return dit_run(m, d);
     struct DitGraph *g = NULL, *lru = &m->graphs[0];
     for (int i = 0; i < DIT_GRAPH_SLOTS; i++) {
         if (memcmp(key, m->graphs[i].key, sizeof key) == 0) g = &m->graphs[i];
@@ -583,7 +583,7 @@ static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
         lru->exec = NULL;
         memcpy(lru->key, key, sizeof key);
         lru->used = ++m->graph_clock;
-        return dit_run(m, d, m->t.cap);
+        return dit_run(m, d);
     }
     g->used = ++m->graph_clock;
     if (g->exec) {
@@ -595,20 +595,20 @@ static zi_status dit_run_replayed(DitModel *m, const DitDims *d) {
     }
     if (op->capture_begin(be) != ZI_OK) {
         m->graphs_off = 1;
-        return dit_run(m, d, m->t.cap);
+        return dit_run(m, d);
     }
-    zi_status run_st = dit_run(m, d, m->t.cap); /* recorded, not run */
+    zi_status run_st = dit_run(m, d); /* recorded, not run */
     void *graph = NULL;
     zi_status end_st = op->capture_end(be, &graph);
     if (run_st != ZI_OK || end_st != ZI_OK) {
         op->graph_free(be, graph);
         m->graphs_off = 1;
-        return dit_run(m, d, m->t.cap); /* eagerly, reporting a real failure as it happens */
+        return dit_run(m, d); /* eagerly, reporting a real failure as it happens */
     }
     g->exec = graph;
     int ran = 0;
     ZI_TRY(op->replay(be, g->exec, &ran));
-    if (!ran) ZI_TRY(dit_run(m, d, m->t.cap));
+    if (!ran) ZI_TRY(dit_run(m, d));
 fail:
     return st;
 }
@@ -637,7 +637,7 @@ zi_status dit_forward(DitModel *m, float *out, const float *latent, int Fr, int 
     ZI_TRY(be->ops->upload(be, m->t.lat, latent, d.lat));                         /* lat [C, Fr, H, W] */
     ZI_TRY(be->ops->upload(be, m->t.cap, cap, (size_t)L * m->cfg.cap_feat_dim));  /* cap [L, Cc]     */
     ZI_TRY(dit_timestep_sinusoid(m, t));                                           /* tf [256]        */
-    ZI_TRY(dit_run(m, &d, m->t.cap));                                              /* lat: the output */
+    ZI_TRY(dit_run(m, &d));                                              /* lat: the output */
     ZI_TRY(be->ops->download(be, out, m->t.lat, d.lat));
 fail:
     return st;
