@@ -66,20 +66,17 @@ typedef struct ZiOps {
     zi_status (*add)(ZiBackend *be, void *out, const void *a, const void *b, size_t n);      /* out = a + b     */
     zi_status (*scale)(ZiBackend *be, void *out, const void *in, float s, size_t n);        /* out = in * s    */
     zi_status (*one_plus)(ZiBackend *be, void *out, const void *in, size_t n);              /* out = 1 + in    */
-    zi_status (*tanh)(ZiBackend *be, void *out, const void *in, size_t n);
     zi_status (*silu)(ZiBackend *be, void *out, const void *in, size_t n);
     /* out[n] = silu(gate[n]) * up[n] */
     zi_status (*swiglu)(ZiBackend *be, void *out, const void *gate, const void *up, size_t n);
     /* out[M,F] = silu(gu[M, 0:F]) * gu[M, F:2F] (output of a merged gate/up projection) */
     zi_status (*swiglu_pair)(ZiBackend *be, void *out, const void *gu, int M, int F);
     /* DiT adaLN activations, per row r < R of mod[R, 4D]: out[r] = (1 + mod[r, 0:D], tanh(mod[r, D:2D]),
-       1 + mod[r, 2D:3D], tanh(mod[r, 3D:4D])) = (scale_msa, gate_msa, scale_mlp, gate_mlp) as one_plus and
-       tanh compute them; out may alias mod */
+       1 + mod[r, 2D:3D], tanh(mod[r, 3D:4D])) = (scale_msa, gate_msa, scale_mlp, gate_mlp), each rounded once;
+       out may alias mod */
     zi_status (*adaln_gates)(ZiBackend *be, void *out, const void *mod, int R, int D);
     /* out[M,D] = in[M,D] * s[D] (row broadcast) */
     zi_status (*mul_rows)(ZiBackend *be, void *out, const void *in, const void *s, int M, int D);
-    /* x[M,D] += g[D] * y[M,D]; g NULL means x += y */
-    zi_status (*add_gated)(ZiBackend *be, void *x, const void *y, const void *g, int M, int D);
 
     /* ---- position ---- */
     /* x[S,NH,HD] rotated in place; cs[S,HD/2,2] = (cos, sin) per pair, fp32 on the backend.
@@ -96,8 +93,6 @@ typedef struct ZiOps {
     zi_status (*copy)(ZiBackend *be, void *dst, const void *src, size_t n);                 /* n elements      */
     /* dst[M,D] = row[D] for every row */
     zi_status (*fill_rows)(ZiBackend *be, void *dst, const void *row, int M, int D);
-    /* out[L,D] = table[ids[l], :]; ids are host int32 already checked < V */
-    zi_status (*embedding)(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D);
     /* out[N, M] = in[M, N]^T */
     zi_status (*transpose)(ZiBackend *be, void *out, const void *in, int M, int N);
     /* strided 2-D blocks: dst[b*dst_bs + r*dst_ld + x] = src[b*src_bs + r*src_ld + x] for b < B, r < R, x < X
@@ -117,16 +112,14 @@ typedef struct ZiOps {
     /* out[B,Co,H,W] = conv2d(in[B,Ci,H,W], w[Co,Ci,k,k]) + bias[Co]; stride 1, zero padding pad */
     zi_status (*conv2d)(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B, int Ci,
                         int H, int W, int Co, int k, int pad);
-    /* out[B,C,2H,2W] = nearest-neighbour 2x of in[B,C,H,W] */
-    zi_status (*upsample2x)(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W);
     /* out[B,Co,Ho,Wo] = conv2d(groupnorm(in[B,Ci,H,W]), w) + bias (+ res[B,Co,Ho,Wo] if res): the groupnorm op (G
        groups, * gamma + beta, then SiLU if silu), conv2d and add in one op, rounded to the activation type where the
        separate ops would round; the normalised input need not be stored. out must not overlap in; res may be out. */
     zi_status (*groupnorm_conv2d)(ZiBackend *be, void *out, const void *in, const void *res, const void *gamma,
                                   const void *beta, const void *w, const void *bias, int B, int Ci, int H, int W, int Co,
                                   int k, int pad, int G, float eps, int silu);
-    /* out[B,Co,Ho,Wo] = conv2d(upsample2x(in[B,Ci,H,W]), w) + bias, Ho = 2H + 2 pad - k + 1: the two ops in one;
-       the 2x input need not be stored. out must not overlap in. */
+    /* out[B,Co,Ho,Wo] = conv2d(nearest-neighbour 2x of in[B,Ci,H,W], w) + bias, Ho = 2H + 2 pad - k + 1; the 2x
+       input need not be stored. out must not overlap in. */
     zi_status (*upsample_conv2d)(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int B,
                                  int Ci, int H, int W, int Co, int k, int pad);
 

@@ -246,13 +246,6 @@ static zi_status cpu_mul_rows(ZiBackend *be, void *out, const void *in, const vo
     return ZI_OK;
 }
 
-static zi_status cpu_add_gated(ZiBackend *be, void *x, const void *y, const void *g, int M, int D) {
-    (void)be;
-    for (int m = 0; m < M; m++)
-        for (int d = 0; d < D; d++) F(x)[(size_t)m * D + d] += (g ? CF(g)[d] : 1.0f) * CF(y)[(size_t)m * D + d];
-    return ZI_OK;
-}
-
 static zi_status cpu_rope(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved) {
     (void)be;
     int half = HD / 2;
@@ -288,7 +281,7 @@ static zi_status cpu_rmsnorm_add_gated(ZiBackend *be, void *x, const void *y, co
         float *xr = F(x) + (size_t)m * D;
         float r = rms_inv(yr, D, eps);
         for (int d = 0; d < D; d++) {
-            float t = yr[d] * r * (w ? CF(w)[d] : 1.0f); /* cpu_rmsnorm's expression, then cpu_add_gated's */
+            float t = yr[d] * r * (w ? CF(w)[d] : 1.0f); /* cpu_rmsnorm's expression, then the gated add */
             xr[d] += (g ? CF(g)[d] : 1.0f) * t;
         }
     }
@@ -378,12 +371,6 @@ static zi_status cpu_copy(ZiBackend *be, void *dst, const void *src, size_t n) {
 static zi_status cpu_fill_rows(ZiBackend *be, void *dst, const void *row, int M, int D) {
     (void)be;
     for (int m = 0; m < M; m++) memcpy(F(dst) + (size_t)m * D, row, (size_t)D * sizeof(float));
-    return ZI_OK;
-}
-
-static zi_status cpu_embedding(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D) {
-    (void)be;
-    for (int l = 0; l < L; l++) memcpy(F(out) + (size_t)l * D, CF(table) + (size_t)ids[l] * D, (size_t)D * sizeof(float));
     return ZI_OK;
 }
 
@@ -658,25 +645,21 @@ const ZiOps zi_ops_cpu = {
     .add = cpu_add,
     .scale = cpu_scale,
     .one_plus = cpu_one_plus,
-    .tanh = cpu_tanh,
     .silu = cpu_silu,
     .swiglu = cpu_swiglu,
     .swiglu_pair = cpu_swiglu_pair,
     .adaln_gates = cpu_adaln_gates,
     .mul_rows = cpu_mul_rows,
-    .add_gated = cpu_add_gated,
     .rope = cpu_rope,
     .qkv_norm_rope = cpu_qkv_norm_rope,
     .copy = cpu_copy,
     .fill_rows = cpu_fill_rows,
-    .embedding = cpu_embedding,
     .transpose = cpu_transpose,
     .copy2d = cpu_copy2d,
     .blend_seam = cpu_blend_seam,
     .patchify = cpu_patchify,
     .unpatchify = cpu_unpatchify,
     .conv2d = cpu_conv2d,
-    .upsample2x = cpu_upsample2x,
     .groupnorm_conv2d = cpu_groupnorm_conv2d,
     .upsample_conv2d = cpu_upsample_conv2d,
     .download_bytes = cpu_download_bytes,

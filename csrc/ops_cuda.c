@@ -5,7 +5,7 @@
  * go through cuBLASLt (fp32 compute, heuristic algorithm cached per shape and alignment), the rest,
  * other convolutions (implicit GEMM, kernels/conv.cu) and attention with HD <= 128 included, through
  * the launchers in kernels/ (zi_kernels.h).
- * Scratch memory (packed conv inputs and weights or im2col columns, ids, groupnorm statistics,
+ * Scratch memory (packed conv inputs and weights or im2col columns, groupnorm statistics,
  * upload/download staging) lives in the backend and only grows, so hot ops never call cudaMalloc.
  * Host-side state is guarded by a mutex, so two pipelines on one GPU may share the backend.
  * Env ZIMAGE_SYNC=1 synchronises and checks after every op, so an asynchronous fault is reported
@@ -63,8 +63,8 @@ typedef struct ZiCuda {
     void *workspace;                 /* LT_WORKSPACE bytes                               */
     LtPlan plans[LT_CACHE];
     int nplans, evict;
-    Scratch col, ids, stats, tmp;    /* conv packing / im2col columns and the HD > 128 attention's score chunks,
-                                        embedding ids, groupnorm + sumsq, copy */
+    Scratch col, stats, tmp;         /* conv packing / im2col columns and the HD > 128 attention's score chunks,
+                                        groupnorm + sumsq, copy */
     Scratch ffn;                     /* matmul_swiglu fallback: gate|up of a band of rows */
     size_t attn_bytes;               /* cap of an attention score chunk (ZIMAGE_ATTN_SCRATCH_MB) */
     size_t ffn_bytes;                /* cap of ffn (ZIMAGE_FFN_SCRATCH_MB)               */
@@ -163,7 +163,7 @@ static cudaError_t set_device(ZiCuda *cu) {
 /* The scratch buffers and the staging buffers back to the device and the host (they regrow on use);
    caller holds the lock and has waited for the stream */
 static void release_scratch(ZiCuda *cu) {
-    Scratch *sc[] = {&cu->col, &cu->ids, &cu->stats, &cu->tmp, &cu->ffn};
+    Scratch *sc[] = {&cu->col, &cu->stats, &cu->tmp, &cu->ffn};
     cu->scratch_epoch++; /* recorded graphs may point into them */
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
         mem_track_remove(sc[i]->p);
@@ -848,9 +848,6 @@ static zi_status cuda_scale(ZiBackend *be, void *out, const void *in, float s, s
 static zi_status cuda_one_plus(ZiBackend *be, void *out, const void *in, size_t n) {
     return unary(be, out, in, ZI_UNARY_ONE_PLUS, 0.0f, n, "one_plus");
 }
-static zi_status cuda_tanh(ZiBackend *be, void *out, const void *in, size_t n) {
-    return unary(be, out, in, ZI_UNARY_TANH, 0.0f, n, "tanh");
-}
 static zi_status cuda_silu(ZiBackend *be, void *out, const void *in, size_t n) {
     return unary(be, out, in, ZI_UNARY_SILU, 0.0f, n, "silu");
 }
@@ -859,14 +856,6 @@ static zi_status cuda_mul_rows(ZiBackend *be, void *out, const void *in, const v
     OP_BEGIN(be);
     CU_TRY(zi_mul_rows_cuda(out, in, s, M, D, STREAM(cu)));
     return op_end(cu, "mul_rows");
-fail:
-    return st;
-}
-
-static zi_status cuda_add_gated(ZiBackend *be, void *x, const void *y, const void *g, int M, int D) {
-    OP_BEGIN(be);
-    CU_TRY(zi_add_gated_cuda(x, y, g, M, D, STREAM(cu)));
-    return op_end(cu, "add_gated");
 fail:
     return st;
 }
@@ -987,22 +976,6 @@ static zi_status cuda_fill_rows(ZiBackend *be, void *dst, const void *row, int M
     OP_BEGIN(be);
     CU_TRY(zi_fill_rows_cuda(dst, row, M, D, STREAM(cu)));
     return op_end(cu, "fill_rows");
-fail:
-    return st;
-}
-
-static zi_status cuda_embedding(ZiBackend *be, void *out, const void *table, const int32_t *ids, int L, int D) {
-    OP_BEGIN(be);
-    if (L <= 0) return ZI_OK;
-    pthread_mutex_lock(&cu->lock);
-    st = scratch_reserve(cu, &cu->ids, (size_t)L * sizeof(int32_t));
-    cudaError_t e = cudaSuccess;
-    if (st == ZI_OK) e = cudaMemcpyAsync(cu->ids.p, ids, (size_t)L * sizeof(int32_t), cudaMemcpyHostToDevice, STREAM(cu));
-    if (st == ZI_OK && e == cudaSuccess) e = zi_embedding_cuda(out, table, cu->ids.p, L, D, STREAM(cu));
-    if (e != cudaSuccess) st = cuda_fail("embedding (ids copy, gather)", __FILE__, __LINE__, e);
-    pthread_mutex_unlock(&cu->lock);
-    if (st != ZI_OK) return st;
-    return op_end(cu, "embedding");
 fail:
     return st;
 }
@@ -1244,14 +1217,6 @@ static zi_status cuda_upsample_conv2d(ZiBackend *be, void *out, const void *in, 
     return conv2d_pre(be, out, in, w, bias, B, Ci, H, W, Co, k, pad, &pre, "upsample_conv2d");
 }
 
-static zi_status cuda_upsample2x(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W) {
-    OP_BEGIN(be);
-    CU_TRY(zi_upsample2x_cuda(out, in, B, C, H, W, STREAM(cu)));
-    return op_end(cu, "upsample2x");
-fail:
-    return st;
-}
-
 // ----------------------------------------------------------------------------------------------
 // the sampler's f32 latents and the image output
 
@@ -1451,25 +1416,21 @@ static const ZiOps zi_ops_cuda = {
     .add = cuda_add,
     .scale = cuda_scale,
     .one_plus = cuda_one_plus,
-    .tanh = cuda_tanh,
     .silu = cuda_silu,
     .swiglu = cuda_swiglu,
     .swiglu_pair = cuda_swiglu_pair,
     .adaln_gates = cuda_adaln_gates,
     .mul_rows = cuda_mul_rows,
-    .add_gated = cuda_add_gated,
     .rope = cuda_rope,
     .qkv_norm_rope = cuda_qkv_norm_rope,
     .copy = cuda_copy,
     .copy2d = cuda_copy2d,
     .blend_seam = cuda_blend_seam,
     .fill_rows = cuda_fill_rows,
-    .embedding = cuda_embedding,
     .transpose = cuda_transpose,
     .patchify = cuda_patchify,
     .unpatchify = cuda_unpatchify,
     .conv2d = cuda_conv2d,
-    .upsample2x = cuda_upsample2x,
     .groupnorm_conv2d = cuda_groupnorm_conv2d,
     .upsample_conv2d = cuda_upsample_conv2d,
     .download_bytes = cuda_download_bytes,

@@ -1,6 +1,6 @@
 /*
- * elementwise.cu - the memory-bound ops: unary/binary maps, SwiGLU of a merged gate/up row, row-broadcast products and gated
- * residual adds, fills, embedding gather, transpose, patchify/unpatchify, nearest upsample, the
+ * elementwise.cu - the memory-bound ops: unary/binary maps, SwiGLU of a merged gate/up row, the DiT's adaLN
+ * activations, row-broadcast products and bias adds, fills, transpose, patchify/unpatchify, nearest upsample, the
  * tiled VAE's seam blend and im2col for conv2d. bf16 in and out, fp32 arithmetic. Maps take 8
  * elements (16 bytes) per thread step when every pointer is 16-byte aligned, else one element;
  * all use grid-stride loops.
@@ -50,7 +50,6 @@ extern "C" cudaError_t zi_unary_cuda(void *out, const void *in, int op, float s,
     switch (op) {
     case ZI_UNARY_SCALE: return launch_map(out, in, NULL, n, OpScale{s}, stream);
     case ZI_UNARY_ONE_PLUS: return launch_map(out, in, NULL, n, OpOnePlus{}, stream);
-    case ZI_UNARY_TANH: return launch_map(out, in, NULL, n, OpTanh{}, stream);
     case ZI_UNARY_SILU: return launch_map(out, in, NULL, n, OpSilu{}, stream);
     }
     return cudaErrorInvalidValue;
@@ -64,8 +63,8 @@ extern "C" cudaError_t zi_binary_cuda(void *out, const void *a, const void *b, i
     return cudaErrorInvalidValue;
 }
 
-/* adaLN activations over mod[R, 4D] viewed as 4R parts of D: even parts 1 + x, odd parts tanh(x)
-   (one_plus and tanh above) */
+/* adaLN activations over mod[R, 4D] viewed as 4R parts of D: even parts 1 + x (one_plus), odd parts
+   tanh(x) */
 __global__ void adaln_gates_kernel(bf16 *out, const bf16 *mod, size_t n, int D) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float x = b2f(mod[i]);
@@ -118,7 +117,6 @@ extern "C" cudaError_t zi_swiglu_pair_cuda(void *out, const void *gu, int M, int
 // row-broadcast ops over [M,D]: out[m,d] = f(a[m,d], b[m,d], s[d])
 
 struct RowMul   { __device__ float operator()(float a, float, float s) const { return a * s; } };       /* mul_rows  */
-struct RowGated { __device__ float operator()(float x, float y, float g) const { return x + g * y; } };  /* add_gated */
 struct RowBias  { __device__ float operator()(float x, float, float s) const { return x + s; } };        /* add_bias  */
 
 /* s NULL reads as 1, b NULL as 0; VEC needs D % 8 == 0 and aligned pointers.
@@ -161,38 +159,23 @@ extern "C" cudaError_t zi_mul_rows_cuda(void *out, const void *in, const void *s
     return launch_rowop(out, in, NULL, s, M, D, RowMul{}, stream);
 }
 
-extern "C" cudaError_t zi_add_gated_cuda(void *x, const void *y, const void *g, int M, int D, cudaStream_t stream) {
-    return launch_rowop(x, x, y, g, M, D, RowGated{}, stream);
-}
-
 extern "C" cudaError_t zi_add_bias_cuda(void *x, const void *bias, int M, int N, cudaStream_t stream) {
     return launch_rowop(x, x, NULL, bias, M, N, RowBias{}, stream);
 }
 
 // ----------------------------------------------------------------------------------------------
-// fills and gathers
+// fills
 
-/* out[l, d] = table[ids[l], d]; ids NULL means row 0 for every l (fill_rows) */
-__global__ void gather_rows_kernel(bf16 *out, const bf16 *table, const int32_t *ids, int L, int D) {
-    size_t n = (size_t)L * D, stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride) {
-        int l = (int)(i / D), d = (int)(i % D);
-        out[i] = table[(size_t)(ids ? ids[l] : 0) * D + d];
-    }
+/* out[m, d] = row[d] for every m */
+__global__ void fill_rows_kernel(bf16 *out, const bf16 *row, int M, int D) {
+    size_t n = (size_t)M * D, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride) out[i] = row[i % D];
 }
 
 extern "C" cudaError_t zi_fill_rows_cuda(void *dst, const void *row, int M, int D, cudaStream_t stream) {
     size_t n = (size_t)M * D;
     if (n == 0) return cudaSuccess;
-    gather_rows_kernel<<<grid_for(n, 256), 256, 0, stream>>>((bf16 *)dst, (const bf16 *)row, NULL, M, D);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t zi_embedding_cuda(void *out, const void *table, const int32_t *ids, int L, int D,
-                                         cudaStream_t stream) {
-    size_t n = (size_t)L * D;
-    if (n == 0) return cudaSuccess;
-    gather_rows_kernel<<<grid_for(n, 256), 256, 0, stream>>>((bf16 *)out, (const bf16 *)table, ids, L, D);
+    fill_rows_kernel<<<grid_for(n, 256), 256, 0, stream>>>((bf16 *)dst, (const bf16 *)row, M, D);
     return cudaGetLastError();
 }
 

@@ -22,7 +22,7 @@ cudaError_t zi_to_bf16_cuda(void *dst, const void *src, int src_dtype, size_t n,
 cudaError_t zi_bf16_to_f32_cuda(float *dst, const void *src, size_t n, cudaStream_t stream);
 
 /* ---- elementwise (elementwise.cu) ---- */
-enum { ZI_UNARY_SCALE, ZI_UNARY_ONE_PLUS, ZI_UNARY_TANH, ZI_UNARY_SILU };
+enum { ZI_UNARY_SCALE, ZI_UNARY_ONE_PLUS, ZI_UNARY_SILU };
 /* out[n] = f(in[n]); s is the factor for ZI_UNARY_SCALE */
 cudaError_t zi_unary_cuda(void *out, const void *in, int op, float s, size_t n, cudaStream_t stream);
 enum { ZI_BINARY_ADD, ZI_BINARY_SWIGLU };
@@ -34,16 +34,12 @@ cudaError_t zi_swiglu_pair_cuda(void *out, const void *gu, int M, int F, cudaStr
 cudaError_t zi_adaln_gates_cuda(void *out, const void *mod, int R, int D, cudaStream_t stream);
 /* out[M,D] = in[M,D] * s[D] */
 cudaError_t zi_mul_rows_cuda(void *out, const void *in, const void *s, int M, int D, cudaStream_t stream);
-/* x[M,D] += g[D] * y[M,D]  (g NULL: x += y) */
-cudaError_t zi_add_gated_cuda(void *x, const void *y, const void *g, int M, int D, cudaStream_t stream);
 /* x[M,N] += bias[N] (used when the matmul bias cannot go through the cuBLASLt epilogue) */
 cudaError_t zi_add_bias_cuda(void *x, const void *bias, int M, int N, cudaStream_t stream);
 /* out[B,C,HW] = bias[C] broadcast over each plane */
 cudaError_t zi_fill_planes_cuda(void *out, const void *bias, int B, int C, size_t HW, cudaStream_t stream);
 /* dst[M,D] = row[D] */
 cudaError_t zi_fill_rows_cuda(void *dst, const void *row, int M, int D, cudaStream_t stream);
-/* out[L,D] = table[ids[l], :]; ids is a device int32[L] */
-cudaError_t zi_embedding_cuda(void *out, const void *table, const int32_t *ids, int L, int D, cudaStream_t stream);
 /* out[N,M] = in[M,N]^T */
 cudaError_t zi_transpose_cuda(void *out, const void *in, int M, int N, cudaStream_t stream);
 /* to_tokens = 1: img[C,F,H,W] -> tok[(F/pF)(H/pH)(W/pW), pF*pH*pW*C]; 0: the inverse */

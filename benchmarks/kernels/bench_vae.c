@@ -87,9 +87,6 @@ static zi_status t_attention(ZiBackend *be, void *out, const void *q, const void
 static zi_status t_transpose(ZiBackend *be, void *out, const void *in, int M, int N) {
     TIMED("transpose", real->transpose(be, out, in, M, N), "transpose %dx%d", M, N);
 }
-static zi_status t_upsample2x(ZiBackend *be, void *out, const void *in, int B, int C, int H, int W) {
-    TIMED("upsample2x", real->upsample2x(be, out, in, B, C, H, W), "upsample2x C=%d @%dx%d", C, H, W);
-}
 
 static int row_cmp(const void *a, const void *b) {
     double x = ((const Row *)a)->s, y = ((const Row *)b)->s;
@@ -150,7 +147,7 @@ int main(int argc, char **argv) {
     timed = *real;
     timed.conv2d = t_conv2d, timed.groupnorm_conv2d = t_gn_conv2d, timed.upsample_conv2d = t_up_conv2d;
     timed.groupnorm = t_groupnorm, timed.add = t_add, timed.matmul = t_matmul, timed.attention = t_attention;
-    timed.transpose = t_transpose, timed.upsample2x = t_upsample2x;
+    timed.transpose = t_transpose;
     be->ops = &timed;
     double t0 = now();
     st = vae_decode_dev(m, out, z, 1, h, w);
@@ -168,7 +165,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nrows; i++)
         printf("%-48s %6d %9.3f %6.1f\n", rows[i].what, rows[i].calls, rows[i].s * 1e3, 100 * rows[i].s / sum);
     const char *kinds[] = {"groupnorm_conv2d", "upsample_conv2d", "conv2d", "groupnorm", "add", "matmul", "attention",
-                           "transpose", "upsample2x"};
+                           "transpose"};
     printf("per kind:");
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         double ks = 0;
