@@ -50,6 +50,53 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
+def timed_median(fn, sync, n, warm=1):
+    for _ in range(warm):
+        fn()
+    sync()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return median(ts), ts
+
+
+def bench_parts(framework, pipe, sync):
+    """One transformer forward and one VAE decode at 1024^2 on their own, timed as
+    ../shared/baseline/baseline_diffusers.py times diffusers (median of 5 and 3 synchronised calls, t = 0.5,
+    the prompt's embeddings, random latents). zimage's calls take and return host arrays, so its numbers
+    include the copies (latent in, 1 MB; prediction out, 1 MB; image out, 12 MB f32); diffusers' stay on the GPU."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    lat = rng.standard_normal((1, 16, 128, 128)).astype(np.float32)
+    z = rng.standard_normal((1, 16, 128, 128)).astype(np.float32)
+    out = {}
+    if framework == "zimage":
+        pe = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)[0]
+        fwd = lambda: pipe.transformer([lat[0][:, None]], [0.5], pe)
+        dec = lambda: pipe.vae.decode(z, return_dict=False)
+    else:
+        import torch
+        with torch.no_grad():
+            pe, _ = pipe.encode_prompt(PROMPT, device="cuda", do_classifier_free_guidance=False)
+        tl = torch.from_numpy(lat).to("cuda", torch.bfloat16)
+        tz = torch.from_numpy(z).to("cuda", torch.bfloat16)
+        tt = torch.tensor([0.5], device="cuda", dtype=torch.bfloat16)
+
+        def fwd():
+            with torch.no_grad():
+                return pipe.transformer(list(tl.unsqueeze(2).unbind(0)), tt, pe, return_dict=False)
+
+        def dec():
+            with torch.no_grad():
+                return pipe.vae.decode(tz, return_dict=False)
+    out["transformer_fwd_1024_s"], out["transformer_fwd_1024_all"] = timed_median(fwd, sync, 5)
+    out["vae_decode_1024_s"], out["vae_decode_1024_all"] = timed_median(dec, sync, 3)
+    return out
+
+
 def bench_one(framework, ckpt, sizes, runs):
     res = {"framework": framework}
     if framework == "zimage":
@@ -137,6 +184,7 @@ def bench_one(framework, ckpt, sizes, runs):
                         pipe.encode_prompt(PROMPT, device="cuda", do_classifier_free_guidance=False)
                     sync()
                 res["encode_prompt_s"] = (time.perf_counter() - t0) / 5
+            res.update(bench_parts(framework, pipe, sync))
     print(json.dumps(res), flush=True)
     return res
 
@@ -164,7 +212,7 @@ def main():
             continue
         results.append(json.loads(lines[-1]))
     keys = ["load_s"] + [f"pipe_{s}_s" for s in sizes] + [f"peak_device_GiB_{s}" for s in sizes] + \
-        ["encode_prompt_s", "first_step_incl_encode_s", "after_last_step_s"]
+        ["encode_prompt_s", "first_step_incl_encode_s", "after_last_step_s", "transformer_fwd_1024_s", "vae_decode_1024_s"]
     print(f"{'':30s}" + "".join(f"{r['framework']:>12s}" for r in results))
     for k in keys:
         print(f"{k:30s}" + "".join(f"{r.get(k, float('nan')):12.3f}" for r in results))
