@@ -144,9 +144,9 @@ fail:
    block stores specs back to back in list order, so to_q|to_k|to_v form one [3D, D] matrix and
    w1|w3 one [2F, D] matrix: the forward runs each as one merged GEMM (dit_check_merged checks). */
 
-static zi_status dit_block_list(const DitConfig *c, DitBlock *b, ZiWeightList *wl, const char *p, int modulated) {
+static zi_status dit_block_list(const DitConfig *c, DitBlock *b, ZiWeightList *wl, const char *p) {
     zi_status st = ZI_OK;
-    int64_t D = c->dim, F = c->ffn_dim, HD = c->head_dim, A = c->adaln_dim;
+    int64_t D = c->dim, F = c->ffn_dim, HD = c->head_dim;
     ZI_TRY(ZI_W2(wl, &b->to_q, D, D, "%s.attention.to_q.weight", p));
     ZI_TRY(ZI_W2(wl, &b->to_k, D, D, "%s.attention.to_k.weight", p));
     ZI_TRY(ZI_W2(wl, &b->to_v, D, D, "%s.attention.to_v.weight", p));
@@ -162,10 +162,26 @@ static zi_status dit_block_list(const DitConfig *c, DitBlock *b, ZiWeightList *w
     ZI_TRY(ZI_W1(wl, &b->ffn_norm1, D, "%s.ffn_norm1.weight", p));
     ZI_TRY(ZI_W1(wl, &b->attention_norm2, D, "%s.attention_norm2.weight", p));
     ZI_TRY(ZI_W1(wl, &b->ffn_norm2, D, "%s.ffn_norm2.weight", p));
-    if (modulated) {
-        ZI_TRY(ZI_W2(wl, &b->adaln_w, 4 * D, A, "%s.adaLN_modulation.0.weight", p));
-        ZI_TRY(ZI_W1(wl, &b->adaln_b, 4 * D, "%s.adaLN_modulation.0.bias", p));
-    }
+fail:
+    return st;
+}
+
+/* The adaLN projections of the NM modulated blocks (noise_refiner, then layers), every weight and then
+   every bias, so that the block stores them as one [NM * 4D, A] matrix and one [NM * 4D] bias and a
+   forward computes all modulations as one product (dit_modulations). */
+static zi_status dit_adaln_list(const DitConfig *c, DitWeights *w, ZiWeightList *wl) {
+    zi_status st = ZI_OK;
+    int64_t D = c->dim, A = c->adaln_dim;
+    int R = c->n_refiner_layers, NM = R + c->n_layers;
+    char p[64];
+    for (int bias = 0; bias < 2; bias++)
+        for (int i = 0; i < NM; i++) {
+            DitBlock *b = i < R ? &w->noise_refiner[i] : &w->layers[i - R];
+            if (i < R) snprintf(p, sizeof p, "noise_refiner.%d", i);
+            else snprintf(p, sizeof p, "layers.%d", i - R);
+            if (bias) ZI_TRY(ZI_W1(wl, &b->adaln_b, 4 * D, "%s.adaLN_modulation.0.bias", p));
+            else ZI_TRY(ZI_W2(wl, &b->adaln_w, 4 * D, A, "%s.adaLN_modulation.0.weight", p));
+        }
 fail:
     return st;
 }
@@ -186,11 +202,11 @@ zi_status dit_weight_list(const DitConfig *c, DitWeights *w, ZiWeightList *wl) {
     ZI_TRY(ZI_W1(wl, &w->final_b, P, "all_final_layer.%d-%d.linear.bias", c->patch, c->f_patch));
     for (int i = 0; i < c->n_refiner_layers; i++) {
         snprintf(p, sizeof p, "noise_refiner.%d", i);
-        ZI_TRY(dit_block_list(c, &w->noise_refiner[i], wl, p, 1));
+        ZI_TRY(dit_block_list(c, &w->noise_refiner[i], wl, p));
     }
     for (int i = 0; i < c->n_refiner_layers; i++) {
         snprintf(p, sizeof p, "context_refiner.%d", i);
-        ZI_TRY(dit_block_list(c, &w->context_refiner[i], wl, p, 0));
+        ZI_TRY(dit_block_list(c, &w->context_refiner[i], wl, p));
     }
     ZI_TRY(ZI_W2(wl, &w->t_mlp0_w, T, c->t_freq, "t_embedder.mlp.0.weight"));
     ZI_TRY(ZI_W1(wl, &w->t_mlp0_b, T, "t_embedder.mlp.0.bias"));
@@ -203,8 +219,9 @@ zi_status dit_weight_list(const DitConfig *c, DitWeights *w, ZiWeightList *wl) {
     ZI_TRY(ZI_W2(wl, &w->cap_pad_token, 1, D, "cap_pad_token"));
     for (int i = 0; i < c->n_layers; i++) {
         snprintf(p, sizeof p, "layers.%d", i);
-        ZI_TRY(dit_block_list(c, &w->layers[i], wl, p, 1));
+        ZI_TRY(dit_block_list(c, &w->layers[i], wl, p));
     }
+    ZI_TRY(dit_adaln_list(c, w, wl));
 fail:
     return st;
 }
@@ -349,11 +366,8 @@ static zi_status dit_modulations(DitModel *m) {
     const ZiOps *op = be->ops;
     const DitConfig *c = &m->cfg;
     int D = c->dim, A = c->adaln_dim, R = c->n_refiner_layers, NM = R + c->n_layers;
-    for (int i = 0; i < NM; i++) {
-        const DitBlock *b = i < R ? &m->w.noise_refiner[i] : &m->w.layers[i - R];
-        ZI_TRY(op->matmul(be, zi_act(be, m->t.mods, (size_t)i * 4 * D), m->t.c, b->adaln_w, b->adaln_b, 1, A,
-                          4 * D));                                                    /* mods[i] [4D] */
-    }
+    const DitBlock *b0 = R ? &m->w.noise_refiner[0] : &m->w.layers[0];
+    ZI_TRY(op->matmul(be, m->t.mods, m->t.c, b0->adaln_w, b0->adaln_b, 1, A, NM * 4 * D)); /* mods [NM, 4D] */
     ZI_TRY(op->adaln_gates(be, m->t.mods, m->t.mods, NM, D));                        /* mods [NM, 4D] */
 fail:
     return st;
@@ -656,6 +670,19 @@ static zi_status dit_check_merged(const ZiBackend *be, const DitConfig *c, const
     return ZI_OK;
 }
 
+/* dit_modulations reads the adaLN weights and biases of all modulated blocks as one matrix and one vector */
+static zi_status dit_check_adaln(const ZiBackend *be, const DitWeights *w, const DitConfig *c) {
+    size_t W = (size_t)4 * c->dim * c->adaln_dim, Bn = (size_t)4 * c->dim;
+    int R = c->n_refiner_layers, NM = R + c->n_layers;
+    const DitBlock *b0 = R ? &w->noise_refiner[0] : &w->layers[0];
+    for (int i = 1; i < NM; i++) {
+        const DitBlock *b = i < R ? &w->noise_refiner[i] : &w->layers[i - R];
+        if (b->adaln_w != zi_wt(be, b0->adaln_w, i * W) || b->adaln_b != zi_wt(be, b0->adaln_b, i * Bn))
+            return zi_fail(ZI_ERR_STATE, "transformer weights: the adaLN projections are not one run in the weight block");
+    }
+    return ZI_OK;
+}
+
 static zi_status dit_load_weights(DitModel *m, int device) {
     zi_status st = ZI_OK;
     ZiWeightList wl = {0};
@@ -668,6 +695,7 @@ static zi_status dit_load_weights(DitModel *m, int device) {
     st = dit_check_merged(be, &m->cfg, w.noise_refiner, m->cfg.n_refiner_layers);
     if (st == ZI_OK) st = dit_check_merged(be, &m->cfg, w.context_refiner, m->cfg.n_refiner_layers);
     if (st == ZI_OK) st = dit_check_merged(be, &m->cfg, w.layers, m->cfg.n_layers);
+    if (st == ZI_OK) st = dit_check_adaln(be, &w, &m->cfg);
     if (st != ZI_OK) {
         be->ops->free(be, block);
         goto fail;
