@@ -61,14 +61,13 @@
 #define ZI_ATTN90_BN2 128     /* keys per tile with 2 consumers (BM = 128): 128 or 176         */
 #endif
 #ifndef ZI_ATTN90_BN3
-#define ZI_ATTN90_BN3 128     /* keys per tile with 3 consumers (BM = 192): 64, 96 or 128       */
+#define ZI_ATTN90_BN3 128     /* keys per tile with 3 consumers (BM = 192): 64, 96 or 128      */
 #endif
-
 #ifndef ZI_ATTN90_OVERLAP3
 #define ZI_ATTN90_OVERLAP3 0  /* 1: the 3-consumer kernel overlaps softmax_t with P_{t-1} V_{t-1} */
 #endif
 #ifndef ZI_ATTN90_PREGS3
-#define ZI_ATTN90_PREGS3 32     /* setmaxnreg with 3 consumers: 32 x 128 + 160 x 384 = 65536 */
+#define ZI_ATTN90_PREGS3 32   /* setmaxnreg with 3 consumers: producer, consumers (<= 65536 in all) */
 #endif
 #ifndef ZI_ATTN90_CREGS3
 #define ZI_ATTN90_CREGS3 160
