@@ -132,6 +132,9 @@ cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const voi
    *taken = 0 (nothing launched, cudaSuccess) when it cannot run this call; ZIMAGE_ATTN_SM90=0 turns it off. */
 cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV,
                                    int HD, int causal, float scale, cudaStream_t stream, int *taken);
+/* Lab switch of zi_attention_sm90_cuda's tile shape: bm = 128 or 192 forces it (where the call can take it),
+   anything else chooses by shape; returns the previous setting (0 = by shape). ZIMAGE_ATTN90_BM sets it at start. */
+int zi_attention_sm90_force_bm(int bm);
 
 /* ---- Hopper GEMM (gemm_sm90.cu): TMA + wgmma, persistent, sm_90a only ---- */
 /* out[M,F] = silu(bf16(in[M,K] @ w[0:F,K]^T)) * bf16(in @ w[F:2F,K]^T), w = [2F, K] (gate rows, then up rows),

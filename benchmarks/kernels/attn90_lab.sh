@@ -2,13 +2,18 @@
 # Lab driver for the sm_90a attention kernel (kernels/attention_sm90.cu), in two halves so that the
 # device time goes to running, not compiling:
 #   bash benchmarks/kernels/attn90_lab.sh build      # anywhere with nvcc (no GPU needed): builds the
-#       parity test and the benchmark for sm_90a, the lab variants (VARIANTS below) and a bench_ops
-#       whose kernels are compute_80 PTX only (JIT on the H100: the sm_90a probe must say "not taken")
+#       parity test and the benchmarks for sm_90a, the lab variants (VARIANTS below), the kernel of commit
+#       $ATTN90_PREV (default: the one before the BM = 192 tiles) as a "prev" object with renamed symbols for
+#       bench_attn90, and a bench_ops whose kernels are compute_80 PTX only (JIT on the H100: the sm_90a
+#       probe must say "not taken")
 #   OUT=/tmp/out bash benchmarks/kernels/attn90_lab.sh run   # on the GPU machine, from the repo root
-# run: attention parity cases through the new kernel, each variant and the old one (ZIMAGE_ATTN_SM90=0),
-# DiT attention timings (new, old, each variant, the new one again for the spread), PyTorch SDPA on
-# the same card, Nsight Compute's speed-of-light section for one launch, compute-sanitizer memcheck
-# on the attention cases, and the whole parity test once.
+# run: attention parity cases through the new kernel (its own choice of tile, then forced BM = 192 and
+# BM = 128), each variant and the old one (ZIMAGE_ATTN_SM90=0); timings: bench_ops (per call and back to
+# back, the mma.sync kernel too), bench_attn90 (prev vs BM = 128 / 192 / auto in one process, per call and
+# sustained) with nvidia-smi sampling clocks and power into $OUT/clocks.csv, each variant's bench_attn90 at
+# S = 4128, PyTorch SDPA on the same card; compute-sanitizer memcheck on the attention cases (BM = 192
+# forced), and the whole parity test once (ATTN90_CHECKS=0: not these two). ATTN90_NCU=1 adds Nsight Compute's
+# speed-of-light section.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 CUDA=${CUDA:-/usr/local/cuda}
@@ -17,18 +22,24 @@ CORE="csrc/ops_cpu.c csrc/ops_cuda.c csrc/backend.c csrc/zi_error.c csrc/safeten
 CFLAGS="-std=gnu11 -O2 -fopenmp -Wall -Wno-unused-parameter -DZI_WITH_CUDA -Icsrc -Ikernels -I$CUDA/include"
 LIBS="-L$CUDA/lib64 -Wl,-rpath,$CUDA/lib64 -lcublasLt -lcublas -lcudart_static -lstdc++ -lpthread -ldl -lrt -lm"
 NVFLAGS="-O3 -std=c++17 -Xcompiler -fPIC -lineinfo -Ikernels -Icsrc"
-VARIANTS=("-DZI_ATTN90_PINGPONG=1")
+VARIANTS=("-DZI_ATTN90_BN3=96 -DZI_ATTN90_STAGES=3" "-DZI_ATTN90_BN3=96" "-DZI_ATTN90_OVERLAP3=1 -DZI_ATTN90_BN3=64 -DZI_ATTN90_STAGES=3")
+VARIANT_BM=(192 192 192) # the tile shape each variant changes (its parity cases run with it forced)
+PREV=${ATTN90_PREV:-dd0e047}
 
 if [ "${1:-}" = build ]; then
     set -e
     make -C benchmarks/kernels -j"$(nproc)" ARCH=90a all
     $CUDA/bin/nvcc -c kernels/attention_sm90.cu -o $B/a90.o $NVFLAGS -gencode arch=compute_90a,code=sm_90a -Xptxas -v 2>&1 |
-        grep -E "attention_sm90|Used|spill"
+        grep -E "attention_sm90|Used|spill|C75"
+    git show "$PREV":kernels/attention_sm90.cu > $B/attention_sm90_prev.cu
+    $CUDA/bin/nvcc -c $B/attention_sm90_prev.cu -o $B/a90_prev.o $NVFLAGS -gencode arch=compute_90a,code=sm_90a \
+        -Dzi_attention_sm90_cuda=zi_attention_sm90_prev_cuda -Dattention_sm90_kernel=attention_sm90_prev_kernel
+    gcc $CFLAGS benchmarks/kernels/bench_attn90.c $B/attention_sm90.cu.o $B/a90_prev.o $LIBS -o $B/bench_attn90
     for i in "${!VARIANTS[@]}"; do
+        echo "variant ${VARIANTS[$i]}:"
         $CUDA/bin/nvcc -c kernels/attention_sm90.cu ${VARIANTS[$i]} -o $B/a90_v$i.o $NVFLAGS \
-            -gencode arch=compute_90a,code=sm_90a -Xptxas -v 2>&1 | grep -E "Used|spill" | tail -2
-        gcc $CFLAGS benchmarks/kernels/bench_ops.c $CORE $(ls $B/*.cu.o | grep -v attention_sm90) $B/a90_v$i.o $LIBS \
-            -o $B/bench_v$i
+            -gencode arch=compute_90a,code=sm_90a -Xptxas -v 2>&1 | grep -E "Compiling|Used|spill|C75"
+        gcc $CFLAGS benchmarks/kernels/bench_attn90.c $B/a90_v$i.o $B/a90_prev.o $LIBS -o $B/bench_attn90_v$i
         gcc $CFLAGS tests/c/test_ops_cuda.c $CORE $(ls $B/*.cu.o | grep -v attention_sm90) $B/a90_v$i.o $LIBS \
             -o $B/test_v$i
     done
@@ -45,34 +56,45 @@ OUT=${OUT:-/tmp/zi_attn90_out}
 mkdir -p "$OUT"
 nvidia-smi -L
 [ -x $B/test_ops_cuda ] || { echo "build first: bash $0 build"; exit 1; }
-echo "--- attention cases, sm_90a kernel"
-ZIMAGE_SYNC=1 timeout 90 $B/test_ops_cuda attention > "$OUT/test_attn.log" 2>&1
-rc=$?
-echo "rc=$rc"; grep -E "HD=128|passed|FAIL" "$OUT/test_attn.log"
-if [ $rc = 124 ]; then tail -5 "$OUT/test_attn.log"; echo "the new kernel hangs: stopping here"; exit 1; fi
-for i in "${!VARIANTS[@]}"; do
-    echo "--- attention cases, variant ${VARIANTS[$i]}"
-    ZIMAGE_SYNC=1 timeout 90 $B/test_v$i attention > "$OUT/test_v$i.log" 2>&1
-    echo "rc=$?"; grep -E "passed|FAIL" "$OUT/test_v$i.log"
-done
-echo "--- attention cases, old kernel (ZIMAGE_ATTN_SM90=0)"
-ZIMAGE_SYNC=1 ZIMAGE_ATTN_SM90=0 timeout 90 $B/test_ops_cuda attention > "$OUT/test_old.log" 2>&1
-echo "rc=$?"; grep -E "passed|FAIL" "$OUT/test_old.log"
+attn_cases() { # label, binary, env...
+    local label=$1 bin=$2
+    shift 2
+    echo "--- attention cases, $label"
+    env ZIMAGE_SYNC=1 "$@" timeout 90 $bin attention > "$OUT/test_$label.log" 2>&1
+    local rc=$?
+    echo "rc=$rc"; grep -E "passed|FAIL" "$OUT/test_$label.log"
+    return $rc
+}
+attn_cases new $B/test_ops_cuda
+[ $? = 124 ] && { tail -5 "$OUT/test_new.log"; echo "the new kernel hangs: stopping here"; exit 1; }
+attn_cases bm192 $B/test_ops_cuda ZIMAGE_ATTN90_BM=192 || { echo "BM=192 failed: stopping here"; exit 1; }
+attn_cases bm128 $B/test_ops_cuda ZIMAGE_ATTN90_BM=128
+for i in "${!VARIANTS[@]}"; do attn_cases "v${i}_${VARIANT_BM[$i]}" $B/test_v$i ZIMAGE_ATTN90_BM=${VARIANT_BM[$i]}; done
+attn_cases old $B/test_ops_cuda ZIMAGE_ATTN_SM90=0
 echo "--- timings"
+nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active --format=csv \
+    -lms 100 > "$OUT/clocks.csv" 2>&1 &
+SMI=$!
 {
     timeout 60 $B/bench_ops attention
-    echo "old kernel:"; ZIMAGE_ATTN_SM90=0 timeout 60 $B/bench_ops "HD=128"
-    for i in "${!VARIANTS[@]}"; do echo "variant ${VARIANTS[$i]}:"; timeout 60 $B/bench_v$i "HD=128"; done
-    echo "sm_90a kernel again:"; timeout 60 $B/bench_ops "HD=128"
+    echo "old kernel (mma.sync):"; ZIMAGE_ATTN_SM90=0 timeout 60 $B/bench_ops "S=4128"
     echo "compute_80 PTX build (JIT):"; timeout 120 $B/bench_ptx80 "S=1024"
+    timeout 120 $B/bench_attn90
+    for i in "${!VARIANTS[@]}"; do echo "variant ${VARIANTS[$i]}:"; timeout 60 $B/bench_attn90_v$i 4128; done
+    echo "current kernel again:"; timeout 60 $B/bench_attn90 4128
 } 2>&1 | tee "$OUT/bench.log"
-timeout 90 python3 benchmarks/kernels/bench_torch_ref.py 2>&1 | tee "$OUT/torch.log"
-echo "--- Nsight Compute speed of light, one DiT-shape launch"
-timeout 90 ncu --clock-control none --section SpeedOfLight -k regex:attention_sm90 --launch-skip 5 --launch-count 1 \
-    $B/bench_ops "S=4128" > "$OUT/ncu.log" 2>&1
-echo "rc=$?"; grep -E "Throughput|Duration|Elapsed Cycles|SM Frequency" "$OUT/ncu.log"
-echo "--- memcheck (attention cases)"
-timeout 150 compute-sanitizer --tool memcheck $B/test_ops_cuda attention > "$OUT/memcheck.log" 2>&1
+kill $SMI
+timeout 90 python3 benchmarks/kernels/bench_torch_ref.py 2>&1 | grep -i attention | tee "$OUT/torch.log"
+if [ "${ATTN90_NCU:-0}" = 1 ]; then
+    echo "--- Nsight Compute speed of light, one DiT-shape launch"
+    timeout 90 ncu --clock-control none --section SpeedOfLight -k regex:attention_sm90 --launch-skip 5 --launch-count 1 \
+        $B/bench_ops "S=4128" > "$OUT/ncu.log" 2>&1
+    echo "rc=$?"; grep -E "Throughput|Duration|Elapsed Cycles|SM Frequency" "$OUT/ncu.log"
+fi
+[ "${ATTN90_CHECKS:-1}" = 0 ] && exit 0
+echo "--- memcheck (attention cases, BM = 192 forced)"
+ZIMAGE_ATTN90_BM=192 timeout ${ATTN90_MEMCHECK_S:-150} compute-sanitizer --tool memcheck $B/test_ops_cuda attention \
+    > "$OUT/memcheck.log" 2>&1
 echo "rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log"
 echo "--- whole parity test"
 ZIMAGE_SYNC=1 timeout 150 $B/test_ops_cuda > "$OUT/test_all.log" 2>&1

@@ -1101,6 +1101,8 @@ int main(int argc, char **argv) {
     test_attention_amp(&t, 1000, 2, 1, 128, 0, 0, 1.7f);
     test_attention_amp(&t, 4128, 2, 2, 128, 0, 0, 1.7f); /* the DiT's sequence length */
     test_attention_amp(&t, 2100, 4, 2, 128, 0, 0, 1.7f); /* 68 tiles: on 132 SMs no half-tile tail */
+    test_attention_amp(&t, 4096, 3, 3, 128, 0, 0, 1.7f); /* refiner length: BM = 192's last tile has 64 rows */
+    test_attention_amp(&t, 385, 2, 1, 128, 0, 0, 1.7f);  /* 3 row tiles of 192, the last one row */
     test_attention_amp(&t, 1000, 2, 2, 128, 0, 0, 6.8f); /* 4x: scores of std ~15, the max moves a lot */
     test_attention_amp(&t, 300, 3, 3, 128, 0, 0, 6.8f);
     test_attention_amp(&t, 1000, 2, 1, 128, 1, 0, 1.7f); /* causal, diagonal tiles masked */
