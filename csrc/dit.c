@@ -37,7 +37,6 @@ struct DitModel {
     struct {
         void *x;            /* [S, D] unified residual stream: image rows, then caption   */
         void *h;            /* [S, D] normed / modulated input of a branch                */
-        void *q, *k, *v;    /* [S, D] each                                                */
         void *o;            /* [S, D] attention output before to_out                      */
         void *a;            /* [S, D] branch output                                       */
         void *gu;           /* [S, max(2F, 3D)] merged projections: q|k|v, then gate|up   */
@@ -293,8 +292,7 @@ static zi_status dit_ensure_acts(DitModel *m, int S, int N, int L, size_t lat) {
     size_t e = be->act_size, GU = 2 * F > 3 * D ? 2 * F : 3 * D;
     size_t NM = (size_t)c->n_refiner_layers + (size_t)c->n_layers; /* modulated blocks */
     struct { void **slot; size_t bytes; } spec[] = {
-        {&m->t.x, S * D * e},     {&m->t.h, S * D * e},       {&m->t.q, S * D * e},
-        {&m->t.k, S * D * e},     {&m->t.v, S * D * e},       {&m->t.o, S * D * e},
+        {&m->t.x, S * D * e},     {&m->t.h, S * D * e},       {&m->t.o, S * D * e},
         {&m->t.a, S * D * e},     {&m->t.gu, S * GU * e},     {&m->t.g, S * F * e},
         {&m->t.lat, lat * e},     {&m->t.patches, N * P * e}, {&m->t.cap, L * Cc * e},
         {&m->t.capn, L * Cc * e}, {&m->t.tf, 256 * e},        {&m->t.th, (size_t)c->t_mid * e},
@@ -337,9 +335,10 @@ static zi_status dit_attention(DitModel *m, const DitBlock *b, const void *x, co
     const DitConfig *c = &m->cfg;
     int D = c->dim, NH = c->n_heads, HD = c->head_dim;
     ZI_TRY(op->matmul(be, m->t.gu, x, b->to_q, NULL, S, D, 3 * D));             /* qkv [S, 3D]: to_q|to_k|to_v */
-    ZI_TRY(op->qkv_norm_rope(be, m->t.q, m->t.k, m->t.v, m->t.gu, b->norm_q, b->norm_k, cs, S, NH, NH, HD, 1e-5f,
-                             1));                                               /* q, k, v [S, NH, HD]; norm_q/k eps fixed in diffusers */
-    ZI_TRY(op->attention(be, m->t.o, m->t.q, m->t.k, m->t.v, S, NH, NH, HD, 0, 1.0f / sqrtf((float)HD))); /* o [S, D] */
+    ZI_TRY(op->qkv_norm_rope(be, m->t.gu, b->norm_q, b->norm_k, cs, S, NH, NH, HD, 1e-5f,
+                             1));                                               /* q, k normed + rotated in qkv; eps fixed in diffusers */
+    const char *q = m->t.gu, *k = zi_act(be, m->t.gu, D), *v = zi_act(be, m->t.gu, 2 * D); /* [S, NH, HD] in rows of 3D */
+    ZI_TRY(op->attention(be, m->t.o, q, k, v, 3 * D, S, NH, NH, HD, 0, 1.0f / sqrtf((float)HD))); /* o [S, D] */
     ZI_TRY(op->matmul(be, m->t.a, m->t.o, b->to_out, NULL, S, D, D));           /* a [S, D]            */
 fail:
     return st;

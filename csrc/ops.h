@@ -38,10 +38,11 @@ typedef struct ZiOps {
        out[M,F] = silu(in @ w[0:F]^T) * (in @ w[F:2F]^T); w[2F,K] = gate rows, then up rows. Rounded as the
        two ops are (gate and up to the activation type first) */
     zi_status (*matmul_swiglu)(ZiBackend *be, void *out, const void *in, const void *w, int M, int K, int F);
-    /* out[S,NH*HD] = softmax(q k^T * scale [+ causal mask]) v per head; q[S,NH*HD], k/v[S,NKV*HD],
-       query head h uses kv head h / (NH/NKV) */
-    zi_status (*attention)(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
-                           int NKV, int HD, int causal, float scale);
+    /* out[S,NH*HD] = softmax(q k^T * scale [+ causal mask]) v per head; q[S,NH*HD], k/v[S,NKV*HD] with their
+       rows ld elements apart (ld = 0: packed, NH*HD for q and NKV*HD for k and v; a merged q|k|v projection
+       passes ld = (NH + 2 NKV) HD), query head h uses kv head h / (NH/NKV) */
+    zi_status (*attention)(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int ld, int S,
+                           int NH, int NKV, int HD, int causal, float scale);
 
     /* ---- normalisation ---- */
     /* out[M,D] = in / sqrt(mean(in^2) + eps) (* w[D] if w) */
@@ -82,12 +83,12 @@ typedef struct ZiOps {
     /* x[S,NH,HD] rotated in place; cs[S,HD/2,2] = (cos, sin) per pair, fp32 on the backend.
        interleaved: pairs (2j, 2j+1) (Z-Image, complex64 style); else rotate-half: pairs (j, j+HD/2) (Qwen) */
     zi_status (*rope)(ZiBackend *be, void *x, const float *cs, int S, int NH, int HD, int interleaved);
-    /* fused attention input from a merged projection qkv[S, (NH + 2 NKV) HD] (q heads, then k, then v):
-       q[S,NH,HD] and k[S,NKV,HD] RMS-normalised over HD with weights wq / wk (both NULL: no norm), then
-       rotated as `rope`; v[S,NKV,HD] copied. HD even and at most 256 */
-    zi_status (*qkv_norm_rope)(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
-                               const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
-                               int interleaved);
+    /* attention input in place in a merged projection qkv[S, (NH + 2 NKV) HD] (q heads, then k, then v): the
+       q and k heads RMS-normalised over HD with weights wq / wk (both NULL: no norm), then rotated as `rope`;
+       the v heads are left as they are (attention reads all three from qkv with ld = (NH + 2 NKV) HD).
+       HD even and at most 256 */
+    zi_status (*qkv_norm_rope)(ZiBackend *be, void *qkv, const void *wq, const void *wk, const float *cs, int S,
+                               int NH, int NKV, int HD, float eps, int interleaved);
 
     /* ---- data movement ---- */
     zi_status (*copy)(ZiBackend *be, void *dst, const void *src, size_t n);                 /* n elements      */

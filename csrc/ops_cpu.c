@@ -96,14 +96,15 @@ static zi_status cpu_matmul(ZiBackend *be, void *out, const void *in, const void
 }
 
 /* out[S,NH*HD]: for each head, softmax(q k^T * scale) v with a running max (exact softmax) */
-static zi_status cpu_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
-                               int NKV, int HD, int causal, float scale) {
+static zi_status cpu_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int ld, int S,
+                               int NH, int NKV, int HD, int causal, float scale) {
     (void)be;
     if (NH % NKV) return zi_fail(ZI_ERR_ARG, "attention: %d query heads not a multiple of %d kv heads", NH, NKV);
+    if (ld && (ld < NH * HD || ld < NKV * HD)) return zi_fail(ZI_ERR_ARG, "attention: row stride %d below a row", ld);
     const float *Q = q, *Kp = k, *V = v;
     float *O = out;
     int group = NH / NKV;
-    size_t qs = (size_t)NH * HD, ks = (size_t)NKV * HD;
+    size_t os = (size_t)NH * HD, qs = ld ? (size_t)ld : os, ks = ld ? (size_t)ld : (size_t)NKV * HD;
     zi_status st = ZI_OK;
 #pragma omp parallel if ((long)S * S * NH * HD > 1L << 18)
     {
@@ -124,7 +125,7 @@ static zi_status cpu_attention(ZiBackend *be, void *out, const void *q, const vo
                     }
                     float sum = 0.0f;
                     for (int j = 0; j < nk; j++) { p[j] = expf(p[j] - mx); sum += p[j]; }
-                    float *oi = O + (size_t)i * qs + (size_t)h * HD;
+                    float *oi = O + (size_t)i * os + (size_t)h * HD;
                     for (int d = 0; d < HD; d++) oi[d] = 0.0f;
                     for (int j = 0; j < nk; j++) {
                         const float *vj = V + (size_t)j * ks + (size_t)kvh * HD;
@@ -339,25 +340,22 @@ fail:
     return st;
 }
 
-static zi_status cpu_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
-                                   const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
-                                   int interleaved) {
+static zi_status cpu_qkv_norm_rope(ZiBackend *be, void *qkv, const void *wq, const void *wk, const float *cs, int S,
+                                   int NH, int NKV, int HD, float eps, int interleaved) {
     zi_status st = ZI_OK;
     if (HD <= 0 || HD % 2 || HD > 256 || (!wq != !wk))
         return zi_fail(ZI_ERR_ARG, "qkv_norm_rope: head dim %d (must be even, at most 256), q/k norms both or neither", HD);
-    size_t row = (size_t)(NH + 2 * NKV) * HD, qd = (size_t)NH * HD, kd = (size_t)NKV * HD;
+    size_t row = (size_t)(NH + 2 * NKV) * HD, qd = (size_t)NH * HD;
     for (int s = 0; s < S; s++) {
-        const float *src = CF(qkv) + (size_t)s * row;
-        memcpy(F(q) + (size_t)s * qd, src, qd * sizeof(float));
-        memcpy(F(k) + (size_t)s * kd, src + qd, kd * sizeof(float));
-        memcpy(F(v) + (size_t)s * kd, src + qd + kd, kd * sizeof(float));
+        float *q = F(qkv) + (size_t)s * row, *k = q + qd;
+        const float *cs_s = cs + (size_t)s * HD; /* token s's [HD/2, 2] (cos, sin) */
+        if (wq || wk) {
+            ZI_TRY(cpu_rmsnorm(be, q, q, wq, NH, HD, eps));   /* q heads [NH, HD] */
+            ZI_TRY(cpu_rmsnorm(be, k, k, wk, NKV, HD, eps));  /* k heads [NKV, HD] */
+        }
+        ZI_TRY(cpu_rope(be, q, cs_s, 1, NH, HD, interleaved));
+        ZI_TRY(cpu_rope(be, k, cs_s, 1, NKV, HD, interleaved));
     }
-    if (wq || wk) {
-        ZI_TRY(cpu_rmsnorm(be, q, q, wq, S * NH, HD, eps));   /* q [S*NH, HD] */
-        ZI_TRY(cpu_rmsnorm(be, k, k, wk, S * NKV, HD, eps));  /* k [S*NKV, HD] */
-    }
-    ZI_TRY(cpu_rope(be, q, cs, S, NH, HD, interleaved));
-    ZI_TRY(cpu_rope(be, k, cs, S, NKV, HD, interleaved));
 fail:
     return st;
 }

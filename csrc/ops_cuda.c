@@ -722,8 +722,8 @@ fail:
    Scores and P of one chunk live in cu->col (at most attn_bytes; the conv scratch, idle between ops and
    grown to about the conv packing cap by a large decode's convs anyway), never the whole SxS matrix.
    *done = 0 when cuBLASLt has no algorithm (the caller falls back to the CUDA-core kernel). */
-static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void *k, const void *v, int S, int NH,
-                                int NKV, int HD, int causal, float scale, int *done) {
+static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void *k, const void *v, int ld, int S,
+                                int NH, int NKV, int HD, int causal, float scale, int *done) {
     zi_status st = ZI_OK;
     size_t row_bytes = (size_t)S * (sizeof(float) + 2);
     size_t chunk = cu->attn_bytes / row_bytes & ~(size_t)15;
@@ -736,18 +736,18 @@ static zi_status attention_gemm(ZiCuda *cu, void *out, const void *q, const void
     ZI_TRY(scratch_reserve(cu, &cu->col, chunk * row_bytes));
     float *sc = cu->col.p;
     void *P = (char *)cu->col.p + chunk * (size_t)S * sizeof(float);
-    size_t qs = (size_t)NH * HD, kvs = (size_t)NKV * HD;
+    size_t os = (size_t)NH * HD, qs = ld ? (size_t)ld : os, kvs = ld ? (size_t)ld : (size_t)NKV * HD;
     for (int h = 0; h < NH; h++) {
         const char *kh = (const char *)k + (size_t)(h / (NH / NKV)) * HD * 2;
         const char *vh = (const char *)v + (size_t)(h / (NH / NKV)) * HD * 2;
         for (int i0 = 0; i0 < S; i0 += (int)chunk) {
             int sq = S - i0 < (int)chunk ? S - i0 : (int)chunk, nk = causal ? (i0 + sq < S ? i0 + sq : S) : S, ok = 0;
             const char *qc = (const char *)q + ((size_t)i0 * qs + (size_t)h * HD) * 2;
-            char *oc = (char *)out + ((size_t)i0 * qs + (size_t)h * HD) * 2;
+            char *oc = (char *)out + ((size_t)i0 * os + (size_t)h * HD) * 2;
             ZI_TRY(lt_matmul(cu, nk, sq, HD, kh, (int)kvs, 1, qc, (int)qs, 0, sc, S, 1, NULL, scale, 0.0f, &ok));
             if (!ok) return ZI_OK;
             CU_TRY(zi_softmax_rows_cuda(P, sc, sq, nk, S, i0, causal, STREAM(cu)));
-            ZI_TRY(lt_matmul(cu, HD, sq, nk, vh, (int)kvs, 0, P, S, 0, oc, (int)qs, 0, NULL, 1.0f, 0.0f, &ok));
+            ZI_TRY(lt_matmul(cu, HD, sq, nk, vh, (int)kvs, 0, P, S, 0, oc, (int)os, 0, NULL, 1.0f, 0.0f, &ok));
             if (!ok) return ZI_OK;
         }
     }
@@ -757,22 +757,23 @@ fail:
     return st;
 }
 
-static zi_status cuda_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
-                                int NKV, int HD, int causal, float scale) {
+static zi_status cuda_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int ld, int S,
+                                int NH, int NKV, int HD, int causal, float scale) {
     OP_BEGIN(be);
     if (NKV <= 0 || NH % NKV)
         return zi_fail(ZI_ERR_ARG, "attention: %d query heads not a multiple of %d kv heads", NH, NKV);
+    if (ld && (ld < NH * HD || ld < NKV * HD)) return zi_fail(ZI_ERR_ARG, "attention: row stride %d below a row", ld);
     if (HD <= 0 || HD > 1024) return zi_fail(ZI_ERR_ARG, "attention: head dim %d not supported on CUDA (1..1024)", HD);
     if (S <= 0) return ZI_OK;
     if (cu->profile) snprintf(cu->prof_key, sizeof cu->prof_key, "attention S=%d NH=%d HD=%d", S, NH, HD);
     int done = 0;
     if (HD > 128) {
         pthread_mutex_lock(&cu->lock);
-        st = attention_gemm(cu, out, q, k, v, S, NH, NKV, HD, causal, scale, &done);
+        st = attention_gemm(cu, out, q, k, v, ld, S, NH, NKV, HD, causal, scale, &done);
         pthread_mutex_unlock(&cu->lock);
         if (st != ZI_OK) return st;
     }
-    if (!done) CU_TRY(zi_attention_cuda(out, q, k, v, S, NH, NKV, HD, causal, scale, STREAM(cu)));
+    if (!done) CU_TRY(zi_attention_cuda(out, q, k, v, ld, S, NH, NKV, HD, causal, scale, STREAM(cu)));
     return op_end(cu, "attention");
 fail:
     return st;
@@ -914,13 +915,12 @@ fail:
     return st;
 }
 
-static zi_status cuda_qkv_norm_rope(ZiBackend *be, void *q, void *k, void *v, const void *qkv, const void *wq,
-                                    const void *wk, const float *cs, int S, int NH, int NKV, int HD, float eps,
-                                    int interleaved) {
+static zi_status cuda_qkv_norm_rope(ZiBackend *be, void *qkv, const void *wq, const void *wk, const float *cs, int S,
+                                    int NH, int NKV, int HD, float eps, int interleaved) {
     OP_BEGIN(be);
     if (HD <= 0 || HD % 2 || HD > 256 || (!wq != !wk))
         return zi_fail(ZI_ERR_ARG, "qkv_norm_rope: head dim %d (must be even, at most 256), q/k norms both or neither", HD);
-    CU_TRY(zi_qkv_norm_rope_cuda(q, k, v, qkv, wq, wk, cs, S, NH, NKV, HD, eps, interleaved, STREAM(cu)));
+    CU_TRY(zi_qkv_norm_rope_cuda(qkv, wq, wk, cs, S, NH, NKV, HD, eps, interleaved, STREAM(cu)));
     return op_end(cu, "qkv_norm_rope");
 fail:
     return st;

@@ -325,7 +325,7 @@ static zi_status te_attention(TeModel *m, const TeLayer *l, int S) {
     ZI_TRY(op->rmsnorm(be, m->t.k, m->t.k, l->k_norm, S * NKV, HD, eps));          /* k [S*NKV, HD]    */
     ZI_TRY(op->rope(be, m->t.q, m->t.cs, S, NH, HD, 0));                           /* q [S, NH, HD]    */
     ZI_TRY(op->rope(be, m->t.k, m->t.cs, S, NKV, HD, 0));                          /* k [S, NKV, HD]   */
-    ZI_TRY(op->attention(be, m->t.o, m->t.q, m->t.k, m->t.v, S, NH, NKV, HD, 1, scale)); /* o [S, NH*HD] */
+    ZI_TRY(op->attention(be, m->t.o, m->t.q, m->t.k, m->t.v, 0, S, NH, NKV, HD, 1, scale)); /* o [S, NH*HD] */
     ZI_TRY(op->matmul(be, m->t.a, m->t.o, l->o_proj, l->o_bias, S, NH * HD, D));   /* a [S, D]         */
 fail:
     return st;

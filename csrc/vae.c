@@ -351,7 +351,7 @@ static zi_status vae_attention(VaeModel *m, int N) {
     ZI_TRY(op->matmul(be, m->t.h, m->t.y, w->to_q, w->to_q_b, N, C, C));             /* q = h [N, C]        */
     ZI_TRY(op->matmul(be, m->t.k, m->t.y, w->to_k, w->to_k_b, N, C, C));             /* k [N, C]            */
     ZI_TRY(op->matmul(be, m->t.v, m->t.y, w->to_v, w->to_v_b, N, C, C));             /* v [N, C]            */
-    ZI_TRY(op->attention(be, m->t.y, m->t.h, m->t.k, m->t.v, N, 1, 1, C, 0, 1.0f / sqrtf((float)C))); /* y [N, C] */
+    ZI_TRY(op->attention(be, m->t.y, m->t.h, m->t.k, m->t.v, 0, N, 1, 1, C, 0, 1.0f / sqrtf((float)C))); /* y [N, C] */
     ZI_TRY(op->matmul(be, m->t.h, m->t.y, w->to_out, w->to_out_b, N, C, C));         /* h [N, C]            */
     ZI_TRY(op->transpose(be, m->t.y, m->t.h, N, C));                                 /* y [C, N]            */
     ZI_TRY(op->add(be, m->t.x, m->t.y, m->t.x, (size_t)C * N));                      /* x = y + residual    */

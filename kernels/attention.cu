@@ -73,7 +73,8 @@ static size_t mma_smem_bytes(int HD, int BM, int WM) {
 
 template <int HD, int BM, int WM>
 __global__ void MMA_BOUNDS(BM / WM * 2) attention_mma_kernel(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v,
-                                                             int S, int NH, int NKV, float scale_log2, int causal) {
+                                                             int ld, int S, int NH, int NKV, float scale_log2,
+                                                             int causal) {
     constexpr int LD = HD + 8, NT = BM / WM * 2; /* BM / (16 WM) warps */
     constexpr bool QREG = WM == 1;
     static_assert(!QREG || BM <= 2 * MMA_BN, "the Q tile is staged through the K and V tiles");
@@ -82,7 +83,7 @@ __global__ void MMA_BOUNDS(BM / WM * 2) attention_mma_kernel(bf16 *out, const bf
     int h = blockIdx.y, kvh = h / (NH / NKV), q0 = blockIdx.x * BM;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int wrow = q0 + warp * WM * 16; /* first query row of this warp; m-tile w covers wrow + 16w .. +15 */
-    size_t qs = (size_t)NH * HD, kvs = (size_t)NKV * HD;
+    size_t os = (size_t)NH * HD, qs = ld ? (size_t)ld : os, kvs = ld ? (size_t)ld : (size_t)NKV * HD; /* row strides */
     const bf16 *kh = k + (size_t)kvh * HD, *vh = v + (size_t)kvh * HD;
 
     load_tile<BM, HD, LD, NT>(Qs, q + (size_t)h * HD, qs, q0, S);
@@ -236,7 +237,7 @@ __global__ void MMA_BOUNDS(BM / WM * 2) attention_mma_kernel(bf16 *out, const bf
             inv[r] = l > 0.0f ? 1.0f / l : 0.0f;
         }
         int row0 = wrow + w * 16 + g, row1 = row0 + 8;
-        bf16 *o0 = out + (size_t)row0 * qs + (size_t)h * HD + tq * 2, *o1 = out + (size_t)row1 * qs + (size_t)h * HD + tq * 2;
+        bf16 *o0 = out + (size_t)row0 * os + (size_t)h * HD + tq * 2, *o1 = out + (size_t)row1 * os + (size_t)h * HD + tq * 2;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
             if (row0 < S) *reinterpret_cast<uint32_t *>(o0 + dt * 8) = pack_bf16x2(o[w][dt][0] * inv[0], o[w][dt][1] * inv[0]);
@@ -263,8 +264,8 @@ static size_t ga_smem_bytes(int HD) {
 
 template <int DPL>
 __global__ void __launch_bounds__(32 * GA_WARPS) attention_generic_kernel(bf16 *out, const bf16 *q, const bf16 *k,
-                                                                          const bf16 *v, int S, int NH, int NKV, int HD,
-                                                                          float scale_log2, int causal) {
+                                                                          const bf16 *v, int ld, int S, int NH, int NKV,
+                                                                          int HD, float scale_log2, int causal) {
     extern __shared__ __align__(16) unsigned char ga_smem[];
     const int SK = ga_k_stride(HD), SQ = (HD + 1) & ~1, HD2 = SQ / 2;
     bf16 *Ks = reinterpret_cast<bf16 *>(ga_smem);  /* [GA_BK][SK]             */
@@ -272,7 +273,7 @@ __global__ void __launch_bounds__(32 * GA_WARPS) attention_generic_kernel(bf16 *
     bf16 *Qs = Vs + GA_BK * HD;                    /* [GA_WARPS*GA_ROWS][SQ]  */
     int h = blockIdx.y, kvh = h / (NH / NKV), q0 = blockIdx.x * GA_WARPS * GA_ROWS;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    size_t qs = (size_t)NH * HD, kvs = (size_t)NKV * HD;
+    size_t os = (size_t)NH * HD, qs = ld ? (size_t)ld : os, kvs = ld ? (size_t)ld : (size_t)NKV * HD; /* row strides */
     const bf16 *kh = k + (size_t)kvh * HD, *vh = v + (size_t)kvh * HD;
     const bf16 zero = __float2bfloat16_rn(0.0f);
 
@@ -356,7 +357,7 @@ __global__ void __launch_bounds__(32 * GA_WARPS) attention_generic_kernel(bf16 *
         int row = row_base + r;
         if (row >= S) continue;
         float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-        bf16 *orow = out + (size_t)row * qs + (size_t)h * HD;
+        bf16 *orow = out + (size_t)row * os + (size_t)h * HD;
 #pragma unroll
         for (int t = 0; t < DPL; t++) {
             int d = lane + 32 * t;
@@ -366,7 +367,7 @@ __global__ void __launch_bounds__(32 * GA_WARPS) attention_generic_kernel(bf16 *
 }
 
 template <int DPL>
-static cudaError_t launch_generic(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int S, int NH, int NKV,
+static cudaError_t launch_generic(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int ld, int S, int NH, int NKV,
                                   int HD, float sl2, int causal, cudaStream_t stream) {
     size_t smem = ga_smem_bytes(HD);
     if (smem > 48 * 1024) {
@@ -375,12 +376,12 @@ static cudaError_t launch_generic(bf16 *out, const bf16 *q, const bf16 *k, const
         if (e != cudaSuccess) return e;
     }
     dim3 grid((S + GA_WARPS * GA_ROWS - 1) / (GA_WARPS * GA_ROWS), NH);
-    attention_generic_kernel<DPL><<<grid, 32 * GA_WARPS, smem, stream>>>(out, q, k, v, S, NH, NKV, HD, sl2, causal);
+    attention_generic_kernel<DPL><<<grid, 32 * GA_WARPS, smem, stream>>>(out, q, k, v, ld, S, NH, NKV, HD, sl2, causal);
     return cudaGetLastError();
 }
 
 template <int HD>
-static cudaError_t launch_mma(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int S, int NH, int NKV,
+static cudaError_t launch_mma(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int ld, int S, int NH, int NKV,
                               float sl2, int causal, cudaStream_t stream) {
     constexpr int BM = ZI_ATTN_BM, WM = ZI_ATTN_WM;
     size_t smem = mma_smem_bytes(HD, BM, WM);
@@ -390,36 +391,38 @@ static cudaError_t launch_mma(bf16 *out, const bf16 *q, const bf16 *k, const bf1
         if (e != cudaSuccess) return e;
     }
     dim3 grid((S + BM - 1) / BM, NH);
-    attention_mma_kernel<HD, BM, WM><<<grid, BM / WM * 2, smem, stream>>>(out, q, k, v, S, NH, NKV, sl2, causal);
+    attention_mma_kernel<HD, BM, WM><<<grid, BM / WM * 2, smem, stream>>>(out, q, k, v, ld, S, NH, NKV, sl2, causal);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV,
-                                         int HD, int causal, float scale, cudaStream_t stream) {
+extern "C" cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int ld, int S, int NH,
+                                         int NKV, int HD, int causal, float scale, cudaStream_t stream) {
     if (S <= 0 || NH <= 0) return cudaSuccess;
-    if (NKV <= 0 || NH % NKV || HD <= 0 || NH > 65535) return cudaErrorInvalidValue;
+    if (NKV <= 0 || NH % NKV || HD <= 0 || NH > 65535 || ld < 0 || (ld && (ld < NH * HD || ld < NKV * HD)))
+        return cudaErrorInvalidValue;
     bf16 *O = (bf16 *)out;
     const bf16 *Q = (const bf16 *)q, *K = (const bf16 *)k, *V = (const bf16 *)v;
     float sl2 = scale * LOG2E;
     /* the tensor-core kernel takes the max of raw scores, which needs scale > 0 */
-    bool aligned = is_aligned16(out) && is_aligned16(q) && is_aligned16(k) && is_aligned16(v) && scale > 0.0f;
+    bool aligned = is_aligned16(out) && is_aligned16(q) && is_aligned16(k) && is_aligned16(v) && ld % 8 == 0 &&
+                   scale > 0.0f;
     if (aligned) {
         int taken = 0;
-        cudaError_t e = zi_attention_sm90_cuda(out, q, k, v, S, NH, NKV, HD, causal, scale, stream, &taken);
+        cudaError_t e = zi_attention_sm90_cuda(out, q, k, v, ld, S, NH, NKV, HD, causal, scale, stream, &taken);
         if (taken) return e;
         switch (HD) {
-        case 32: return launch_mma<32>(O, Q, K, V, S, NH, NKV, sl2, causal, stream);
-        case 64: return launch_mma<64>(O, Q, K, V, S, NH, NKV, sl2, causal, stream);
-        case 96: return launch_mma<96>(O, Q, K, V, S, NH, NKV, sl2, causal, stream);
-        case 128: return launch_mma<128>(O, Q, K, V, S, NH, NKV, sl2, causal, stream);
+        case 32: return launch_mma<32>(O, Q, K, V, ld, S, NH, NKV, sl2, causal, stream);
+        case 64: return launch_mma<64>(O, Q, K, V, ld, S, NH, NKV, sl2, causal, stream);
+        case 96: return launch_mma<96>(O, Q, K, V, ld, S, NH, NKV, sl2, causal, stream);
+        case 128: return launch_mma<128>(O, Q, K, V, ld, S, NH, NKV, sl2, causal, stream);
         }
     }
-    if (HD <= 32) return launch_generic<1>(O, Q, K, V, S, NH, NKV, HD, sl2, causal, stream);
-    if (HD <= 64) return launch_generic<2>(O, Q, K, V, S, NH, NKV, HD, sl2, causal, stream);
-    if (HD <= 128) return launch_generic<4>(O, Q, K, V, S, NH, NKV, HD, sl2, causal, stream);
-    if (HD <= 256) return launch_generic<8>(O, Q, K, V, S, NH, NKV, HD, sl2, causal, stream);
-    if (HD <= 512) return launch_generic<16>(O, Q, K, V, S, NH, NKV, HD, sl2, causal, stream);
-    if (HD <= 1024) return launch_generic<32>(O, Q, K, V, S, NH, NKV, HD, sl2, causal, stream);
+    if (HD <= 32) return launch_generic<1>(O, Q, K, V, ld, S, NH, NKV, HD, sl2, causal, stream);
+    if (HD <= 64) return launch_generic<2>(O, Q, K, V, ld, S, NH, NKV, HD, sl2, causal, stream);
+    if (HD <= 128) return launch_generic<4>(O, Q, K, V, ld, S, NH, NKV, HD, sl2, causal, stream);
+    if (HD <= 256) return launch_generic<8>(O, Q, K, V, ld, S, NH, NKV, HD, sl2, causal, stream);
+    if (HD <= 512) return launch_generic<16>(O, Q, K, V, ld, S, NH, NKV, HD, sl2, causal, stream);
+    if (HD <= 1024) return launch_generic<32>(O, Q, K, V, ld, S, NH, NKV, HD, sl2, causal, stream);
     return cudaErrorInvalidValue;
 }
 

@@ -476,12 +476,13 @@ static int a90_pick_bm(int S, int NH, int causal, int n_sm) {
 
 template <int NCW, int BN>
 static cudaError_t a90_launch(PFN_cuTensorMapEncodeTiled_v12000 enc, void *out, const void *q, const void *k,
-                              const void *v, int S, int NH, int NKV, int causal, float scale, cudaStream_t stream,
-                              int *taken) {
+                              const void *v, int ld, int S, int NH, int NKV, int causal, float scale,
+                              cudaStream_t stream, int *taken) {
     typedef A90<NCW, BN> G;
     CUtensorMap mq, mk, mv;
-    if (!encode_map(enc, &mq, q, S, NH * A90_HD, G::BM) || !encode_map(enc, &mk, k, S, NKV * A90_HD, BN) ||
-        !encode_map(enc, &mv, v, S, NKV * A90_HD, BN))
+    long ldq = ld ? ld : (long)NH * A90_HD, ldkv = ld ? ld : (long)NKV * A90_HD; /* row strides of q and k/v */
+    if (!encode_map_ld(enc, &mq, q, S, NH * A90_HD, ldq, G::BM) || !encode_map_ld(enc, &mk, k, S, NKV * A90_HD, ldkv, BN) ||
+        !encode_map_ld(enc, &mv, v, S, NKV * A90_HD, ldkv, BN))
         return cudaSuccess;
     int n_qt = (S + G::BM - 1) / G::BM;
     if ((long)n_qt * NH > 0x7fffffffL) return cudaSuccess;
@@ -491,8 +492,8 @@ static cudaError_t a90_launch(PFN_cuTensorMapEncodeTiled_v12000 enc, void *out, 
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH,
-                                              int NKV, int HD, int causal, float scale, cudaStream_t stream,
+extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int ld, int S,
+                                              int NH, int NKV, int HD, int causal, float scale, cudaStream_t stream,
                                               int *taken) {
     static int disabled_cache = -1, ready[ZI_SM90_MAX_DEVICES], n_sm[ZI_SM90_MAX_DEVICES];
     static const void *const kernels[] = {(const void *)attention_sm90_kernel<2, ZI_ATTN90_BN2>,
@@ -515,6 +516,6 @@ extern "C" cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const vo
     PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
     if (!enc) return cudaSuccess;
     if (a90_pick_bm(S, NH, causal, sms) == 192)
-        return a90_launch<3, ZI_ATTN90_BN3>(enc, out, q, k, v, S, NH, NKV, causal, scale, stream, taken);
-    return a90_launch<2, ZI_ATTN90_BN2>(enc, out, q, k, v, S, NH, NKV, causal, scale, stream, taken);
+        return a90_launch<3, ZI_ATTN90_BN3>(enc, out, q, k, v, ld, S, NH, NKV, causal, scale, stream, taken);
+    return a90_launch<2, ZI_ATTN90_BN2>(enc, out, q, k, v, ld, S, NH, NKV, causal, scale, stream, taken);
 }

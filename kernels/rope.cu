@@ -1,8 +1,9 @@
 /*
  * rope.cu - rotary position embedding applied in place to x[S,NH,HD] (bf16) with an fp32
  * cos/sin table cs[S,HD/2,2]. One thread per rotated pair; interleaved pairs (2j, 2j+1) for
- * Z-Image, rotate-half pairs (j, j+HD/2) for Qwen. qkv_norm_rope fuses the split of a merged QKV
- * projection, the per-head q/k RMSNorm and the rotation into one pass (one warp per head row).
+ * Z-Image, rotate-half pairs (j, j+HD/2) for Qwen. qkv_norm_rope applies the per-head q/k RMSNorm and
+ * the rotation in place to the q and k heads of a merged QKV projection (one warp per head row); the v
+ * heads stay where they are and the attention reads all three from the merged rows.
  */
 #include "common.cuh"
 
@@ -38,22 +39,17 @@ static __device__ __forceinline__ void pair_index(int j, int half, int interleav
     *i1 = interleaved ? 2 * j + 1 : j + half;
 }
 
-/* One warp per (token s, head slot h) task, grid-stride: slots [0, NH) are q heads, [NH, NH+NKV) k heads,
-   the rest v. Lane l owns pairs j = l + 32 i. q/k: x * rsqrt(mean(x^2) + eps) * w, then rotated; v: copied. */
-__global__ void qkv_norm_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const bf16 *wq, const bf16 *wk,
-                                     const float *cs, int S, int NH, int NKV, int HD, float eps, int interleaved) {
-    int slots = NH + 2 * NKV, lane = threadIdx.x % 32, half = HD / 2;
-    size_t ntask = (size_t)S * slots, warps = (size_t)gridDim.x * (blockDim.x / 32);
+/* One warp per (token s, head slot h) task over the q and k slots, grid-stride: slots [0, NH) are q heads,
+   [NH, NH+NKV) k heads. Lane l owns pairs j = l + 32 i: x * rsqrt(mean(x^2) + eps) * w, then rotated, in place. */
+__global__ void qkv_norm_rope_kernel(bf16 *qkv, const bf16 *wq, const bf16 *wk, const float *cs, int S, int NH, int NKV,
+                                     int HD, float eps, int interleaved) {
+    int slots = NH + NKV, lane = threadIdx.x % 32, half = HD / 2;
+    size_t ntask = (size_t)S * slots, warps = (size_t)gridDim.x * (blockDim.x / 32), row = (size_t)(NH + 2 * NKV) * HD;
     for (size_t task = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; task < ntask; task += warps) {
         int h = (int)(task % slots);
         size_t s = task / slots;
-        const bf16 *src = qkv + task * HD;
-        bf16 *dst;
-        const bf16 *w;
-        if (h < NH) dst = q + (s * NH + h) * HD, w = wq;
-        else if (h < NH + NKV) dst = k + (s * NKV + h - NH) * HD, w = wk;
-        else dst = v + (s * NKV + h - NH - NKV) * HD, w = NULL;
-        int is_v = h >= NH + NKV;
+        bf16 *x = qkv + s * row + (size_t)h * HD;
+        const bf16 *w = h < NH ? wq : wk;
         float a[QKV_MAX_PAIRS], b[QKV_MAX_PAIRS], ss = 0.0f;
 #pragma unroll
         for (int i = 0; i < QKV_MAX_PAIRS; i++) {
@@ -61,13 +57,11 @@ __global__ void qkv_norm_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv,
             a[i] = b[i] = 0.0f;
             if (j >= half) continue;
             pair_index(j, half, interleaved, &i0, &i1);
-            if (is_v) { dst[i0] = src[i0]; dst[i1] = src[i1]; continue; }
-            a[i] = b2f(src[i0]);
-            b[i] = b2f(src[i1]);
+            a[i] = b2f(x[i0]);
+            b[i] = b2f(x[i1]);
             ss += a[i] * a[i] + b[i] * b[i];
         }
-        if (is_v) continue; /* uniform across the warp: one task per warp */
-        float r = w ? rsqrtf(warp_sum(ss) / HD + eps) : 1.0f;
+        float r = w ? rsqrtf(warp_sum(ss) / HD + eps) : 1.0f; /* a lane writes back only the pairs it read */
         const float *t = cs + s * half * 2;
 #pragma unroll
         for (int i = 0; i < QKV_MAX_PAIRS; i++) {
@@ -76,8 +70,8 @@ __global__ void qkv_norm_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv,
             pair_index(j, half, interleaved, &i0, &i1);
             float x0 = a[i] * r * (w ? b2f(w[i0]) : 1.0f), x1 = b[i] * r * (w ? b2f(w[i1]) : 1.0f);
             float c = t[2 * j], sn = t[2 * j + 1];
-            dst[i0] = f2b(x0 * c - x1 * sn);
-            dst[i1] = f2b(x0 * sn + x1 * c);
+            x[i0] = f2b(x0 * c - x1 * sn);
+            x[i1] = f2b(x0 * sn + x1 * c);
         }
     }
 }
@@ -86,10 +80,10 @@ __global__ void qkv_norm_rope_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv,
    Interleaved pairs (2j, 2j+1) are within a lane; rotate-half partners (j, j+64) are in lanes l and
    l^16, exchanged with one shuffle. Each warp walks the head slots of one token, so the token's
    cos/sin row (as float4 per lane) is loaded once. */
-__global__ void qkv_norm_rope128_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *qkv, const bf16 *wq, const bf16 *wk,
-                                        const float *cs, int S, int NH, int NKV, float eps, int interleaved) {
+__global__ void qkv_norm_rope128_kernel(bf16 *qkv, const bf16 *wq, const bf16 *wk, const float *cs, int S, int NH,
+                                        int NKV, float eps, int interleaved) {
     const int HD = 128;
-    int slots = NH + 2 * NKV, lane = threadIdx.x % 32, wpb = blockDim.x / 32;
+    int slots = NH + NKV, lane = threadIdx.x % 32, wpb = blockDim.x / 32; /* q and k slots; v stays */
     size_t s = blockIdx.x;
     if (s >= (size_t)S) return;
     int e0 = 4 * lane;
@@ -111,16 +105,9 @@ __global__ void qkv_norm_rope128_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *q
         for (int i = 0; i < 4; i++) wqv[i] = b2f(wq[e0 + i]), wkv[i] = b2f(wk[e0 + i]);
     }
     for (int h = threadIdx.x / 32; h < slots; h += wpb) {
-        const bf16 *src = qkv + (s * slots + h) * HD;
-        uint2 raw = *reinterpret_cast<const uint2 *>(src + e0);
-        bf16 *dst;
-        if (h >= NH + NKV) { /* v: plain copy */
-            dst = v + (s * NKV + h - NH - NKV) * HD;
-            *reinterpret_cast<uint2 *>(dst + e0) = raw;
-            continue;
-        }
+        bf16 *dst = qkv + (s * (NH + 2 * NKV) + h) * HD; /* each lane reads and writes only its own 4 elements */
+        uint2 raw = *reinterpret_cast<const uint2 *>(dst + e0);
         const float *w = h < NH ? wqv : wkv;
-        dst = h < NH ? q + (s * NH + h) * HD : k + (s * NKV + h - NH) * HD;
         const __nv_bfloat162 *p2 = reinterpret_cast<const __nv_bfloat162 *>(&raw);
         float x[4];
         float2 f0 = __bfloat1622float2(p2[0]), f1 = __bfloat1622float2(p2[1]);
@@ -151,22 +138,18 @@ __global__ void qkv_norm_rope128_kernel(bf16 *q, bf16 *k, bf16 *v, const bf16 *q
     }
 }
 
-extern "C" cudaError_t zi_qkv_norm_rope_cuda(void *q, void *k, void *v, const void *qkv, const void *wq, const void *wk,
-                                             const float *cs, int S, int NH, int NKV, int HD, float eps,
-                                             int interleaved, cudaStream_t stream) {
+extern "C" cudaError_t zi_qkv_norm_rope_cuda(void *qkv, const void *wq, const void *wk, const float *cs, int S, int NH,
+                                             int NKV, int HD, float eps, int interleaved, cudaStream_t stream) {
     if (S <= 0) return cudaSuccess;
     if (HD <= 0 || HD % 2 || HD / 2 > 32 * QKV_MAX_PAIRS || NH <= 0 || NKV <= 0 || (!wq != !wk))
         return cudaErrorInvalidValue;
-    if (HD == 128 && S <= 0x7fffffff && is_aligned16(q) && is_aligned16(k) && is_aligned16(v) && is_aligned16(qkv) &&
-        ((uintptr_t)cs & 15u) == 0) {
-        qkv_norm_rope128_kernel<<<(unsigned)S, 256, 0, stream>>>((bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)qkv,
-                                                                (const bf16 *)wq, (const bf16 *)wk, cs, S, NH, NKV,
-                                                                eps, interleaved);
+    if (HD == 128 && S <= 0x7fffffff && is_aligned16(qkv) && ((uintptr_t)cs & 15u) == 0) {
+        qkv_norm_rope128_kernel<<<(unsigned)S, 256, 0, stream>>>((bf16 *)qkv, (const bf16 *)wq, (const bf16 *)wk, cs, S,
+                                                                NH, NKV, eps, interleaved);
         return cudaGetLastError();
     }
-    size_t tasks = (size_t)S * (NH + 2 * NKV);
-    qkv_norm_rope_kernel<<<grid_for(tasks, 8), 256, 0, stream>>>((bf16 *)q, (bf16 *)k, (bf16 *)v, (const bf16 *)qkv,
-                                                                 (const bf16 *)wq, (const bf16 *)wk, cs, S, NH, NKV,
-                                                                 HD, eps, interleaved);
+    size_t tasks = (size_t)S * (NH + NKV);
+    qkv_norm_rope_kernel<<<grid_for(tasks, 8), 256, 0, stream>>>((bf16 *)qkv, (const bf16 *)wq, (const bf16 *)wk, cs, S,
+                                                                 NH, NKV, HD, eps, interleaved);
     return cudaGetLastError();
 }

@@ -237,16 +237,23 @@ static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(void) {
     return (PFN_cuTensorMapEncodeTiled_v12000)__atomic_load_n(&fn, __ATOMIC_RELAXED);
 }
 
-/* map over a row-major [rows][cols] bf16 matrix (cols % 8 == 0, 16-byte aligned base), boxes of 64
-   columns (128 bytes) x box_rows rows with the 128-byte swizzle; rows past `rows` and columns past
-   `cols` read as zero */
-static bool encode_map(PFN_cuTensorMapEncodeTiled_v12000 enc, CUtensorMap *map, const void *base, int rows, int cols,
-                       int box_rows) {
-    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(bf16)};
+/* map over a row-major [rows][cols] bf16 matrix whose rows are ld elements apart (ld >= cols, ld % 8 == 0,
+   16-byte aligned base), boxes of 64 columns (128 bytes) x box_rows rows with the 128-byte swizzle; rows
+   past `rows` and columns past `cols` read as zero */
+static bool encode_map_ld(PFN_cuTensorMapEncodeTiled_v12000 enc, CUtensorMap *map, const void *base, int rows, int cols,
+                          long ld, int box_rows) {
+    if (ld < cols || ld % 8) return false;
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)ld * sizeof(bf16)};
     cuuint32_t box[2] = {64, (cuuint32_t)box_rows}, estr[2] = {1, 1};
     return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(base), dims, strides, box, estr,
                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* the same over a packed [rows][cols] matrix (ld = cols) */
+static bool encode_map(PFN_cuTensorMapEncodeTiled_v12000 enc, CUtensorMap *map, const void *base, int rows, int cols,
+                       int box_rows) {
+    return encode_map_ld(enc, map, base, rows, cols, cols, box_rows);
 }
 
 #endif /* ZI_SM90_CUH */

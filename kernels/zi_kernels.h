@@ -113,25 +113,25 @@ cudaError_t zi_groupnorm_cuda(void *out, const void *in, const void *gamma, cons
 /* ---- position (rope.cu) ---- */
 /* x[S,NH,HD] rotated in place by cs[S,HD/2,2] (fp32); interleaved pairs (2j,2j+1), else (j,j+HD/2) */
 cudaError_t zi_rope_cuda(void *x, const float *cs, int S, int NH, int HD, int interleaved, cudaStream_t stream);
-/* qkv[S,(NH+2NKV)HD] -> q[S,NH,HD], k[S,NKV,HD] RMS-normalised per head with wq / wk (both NULL: no norm)
-   and rotated as zi_rope_cuda, v[S,NKV,HD] copied; HD even, at most 256 */
-cudaError_t zi_qkv_norm_rope_cuda(void *q, void *k, void *v, const void *qkv, const void *wq, const void *wk,
-                                  const float *cs, int S, int NH, int NKV, int HD, float eps, int interleaved,
-                                  cudaStream_t stream);
+/* in place in qkv[S,(NH+2NKV)HD]: the q and k heads RMS-normalised per head with wq / wk (both NULL: no norm)
+   and rotated as zi_rope_cuda; the v heads untouched; HD even, at most 256 */
+cudaError_t zi_qkv_norm_rope_cuda(void *qkv, const void *wq, const void *wk, const float *cs, int S, int NH, int NKV,
+                                  int HD, float eps, int interleaved, cudaStream_t stream);
 
 /* ---- attention (attention.cu) ---- */
-/* out[S,NH*HD] = softmax(q k^T * scale (+ causal mask)) v per head; q[S,NH*HD], k/v[S,NKV*HD].
+/* out[S,NH*HD] = softmax(q k^T * scale (+ causal mask)) v per head; q[S,NH*HD], k/v[S,NKV*HD], their rows ld
+   elements apart (0: packed; out is always packed).
    Tensor-core kernel for HD in {32,64,96,128} with 16-byte aligned buffers and scale > 0 (HD = 128 on
    Hopper: zi_attention_sm90_cuda); a CUDA-core kernel for any other HD up to 1024 (ops_cuda.c sends
    HD > 128 to cuBLASLt GEMMs first).
    cudaErrorInvalidValue for a head dim it cannot take. */
-cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV, int HD,
-                              int causal, float scale, cudaStream_t stream);
+cudaError_t zi_attention_cuda(void *out, const void *q, const void *k, const void *v, int ld, int S, int NH, int NKV,
+                              int HD, int causal, float scale, cudaStream_t stream);
 /* The Hopper path of zi_attention_cuda (attention_sm90.cu): wgmma + TMA flash attention for HD == 128 with
    16-byte aligned buffers and scale > 0, on a compute capability 9.x device whose loaded code is sm_90a.
    *taken = 0 (nothing launched, cudaSuccess) when it cannot run this call; ZIMAGE_ATTN_SM90=0 turns it off. */
-cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int S, int NH, int NKV,
-                                   int HD, int causal, float scale, cudaStream_t stream, int *taken);
+cudaError_t zi_attention_sm90_cuda(void *out, const void *q, const void *k, const void *v, int ld, int S, int NH,
+                                   int NKV, int HD, int causal, float scale, cudaStream_t stream, int *taken);
 /* Lab switch of zi_attention_sm90_cuda's tile shape: bm = 128 or 192 forces it (where the call can take it),
    anything else chooses by shape; returns the previous setting (0 = by shape). ZIMAGE_ATTN90_BM sets it at start. */
 int zi_attention_sm90_force_bm(int bm);

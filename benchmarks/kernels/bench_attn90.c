@@ -62,7 +62,7 @@ static void call(const Variant *v, void *o, void *q, void *k, void *vv, int S, i
         CK(zi_attention_sm90_prev_cuda(o, q, k, vv, S, NH, NH, 128, 0, scale, 0, &taken));
     } else {
         zi_attention_sm90_force_bm(v->bm);
-        CK(zi_attention_sm90_cuda(o, q, k, vv, S, NH, NH, 128, 0, scale, 0, &taken));
+        CK(zi_attention_sm90_cuda(o, q, k, vv, 0, S, NH, NH, 128, 0, scale, 0, &taken));
     }
     if (!taken) {
         fprintf(stderr, "%s: the sm_90a kernel did not take S=%d\n", v->name, S);

@@ -125,7 +125,7 @@ static zi_status run(ZiBackend *be, const Case *c, void **buf) {
         if (e == cudaSuccess && !taken) return zi_fail(ZI_ERR_STATE, "sm_90a GEMM not taken on this device/binary");
         return e == cudaSuccess ? ZI_OK : zi_fail(ZI_ERR_CUDA, "gemm_sm90: %s", cudaGetErrorString(e));
     }
-    case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], c->a, c->b, c->d ? c->d : c->b, c->c, c->e,
+    case B_ATTN: return be->ops->attention(be, buf[0], buf[1], buf[2], buf[3], 0, c->a, c->b, c->d ? c->d : c->b, c->c, c->e,
                                            0.0883883f);
     default:
         if (c->e == CONV_GN || c->e == CONV_GN_IGEMM)
@@ -214,7 +214,7 @@ int main(int argc, char **argv) {
         void *b[4] = {0};
         int taken = 0;
         for (int j = 0; j < 4; j++) b[j] = rand_buf(be, 256 * 2 * 128, 1);
-        cudaError_t e = zi_attention_sm90_cuda(b[0], b[1], b[2], b[3], 256, 2, 2, 128, 0, 0.0883883f, 0, &taken);
+        cudaError_t e = zi_attention_sm90_cuda(b[0], b[1], b[2], b[3], 0, 256, 2, 2, 128, 0, 0.0883883f, 0, &taken);
         if (e == cudaSuccess) e = cudaDeviceSynchronize();
         printf("sm_90a attention kernel: %s (%s)\n", taken ? "taken" : "not taken", cudaGetErrorString(e));
         for (int j = 0; j < 4; j++) be->ops->free(be, b[j]);

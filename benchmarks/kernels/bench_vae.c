@@ -80,9 +80,9 @@ static zi_status t_add(ZiBackend *be, void *out, const void *a, const void *b, s
 static zi_status t_matmul(ZiBackend *be, void *out, const void *in, const void *w, const void *bias, int M, int K, int N) {
     TIMED("matmul", real->matmul(be, out, in, w, bias, M, K, N), "matmul M=%d K=%d N=%d", M, K, N);
 }
-static zi_status t_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int S, int NH,
-                             int NKV, int HD, int causal, float scale) {
-    TIMED("attention", real->attention(be, out, q, k, v, S, NH, NKV, HD, causal, scale), "attention S=%d HD=%d", S, HD);
+static zi_status t_attention(ZiBackend *be, void *out, const void *q, const void *k, const void *v, int ld, int S,
+                             int NH, int NKV, int HD, int causal, float scale) {
+    TIMED("attention", real->attention(be, out, q, k, v, ld, S, NH, NKV, HD, causal, scale), "attention S=%d HD=%d", S, HD);
 }
 static zi_status t_transpose(ZiBackend *be, void *out, const void *in, int M, int N) {
     TIMED("transpose", real->transpose(be, out, in, M, N), "transpose %dx%d", M, N);
