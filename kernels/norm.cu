@@ -276,7 +276,7 @@ __global__ void groupnorm_apply_kernel(bf16 *out, const bf16 *in, const bf16 *ga
         float t = (b2f(x[e]) - mean) * rstd;
         if (gamma) t *= b2f(gamma[c]);
         if (beta) t += b2f(beta[c]);
-        if (silu) t = t / (1.0f + expf(-t));
+        if (silu) t = silu_gn(t);
         y[e] = f2b(t);
     }
 }
