@@ -10,7 +10,10 @@
  *   warpgroups 1..NCW, the consumers: 64 query rows each. Per key tile t:
  *     S_t = Q K_t^T       wgmma m64nBNk16, Q and K both K-major from shared memory (8 k-steps);
  *     online softmax      in registers on the fp32 accumulators, base 2 with the scale folded into
- *                         one FMA, keys >= S (and, causal, keys > row) set to -inf first;
+ *                         one FMA, keys >= S (and, causal, keys > row) set to -inf first; with 3
+ *                         consumers a row's running max moves only when a tile exceeds it by more than
+ *                         2^8 (FA4's rule, exact in real arithmetic: P <= 256), so O is rescaled in a
+ *                         handful of tiles instead of every one (ZI_ATTN90_RESCALE3);
  *     O += P_t V_t        wgmma m64n128k16 with P (bf16) as the register A operand (the S
  *                         accumulator layout is the A-fragment layout) and V MN-major from shared
  *                         memory (transposed B), BN / 16 k-steps of 16 keys.
@@ -36,7 +39,10 @@
  *   Lab knobs (-D...): ZI_ATTN90_STAGES (ring depth), ZI_ATTN90_PINGPONG (the consumers take turns
  *   issuing their wgmma batches, FA3's inter-warpgroup schedule), ZI_ATTN90_BN2 / ZI_ATTN90_BN3 (keys
  *   per tile: 128 or 176 / 64, 96 or 128), ZI_ATTN90_OVERLAP3=1 (the 3-consumer kernel with the
- *   intra-warpgroup overlap; BN3 = 64 then). Timings: benchmarks/kernels/README.md.
+ *   intra-warpgroup overlap; BN3 = 64 then), ZI_ATTN90_PSMEM3=1 or 2 (the 3-consumer kernel writes P to
+ *   shared memory and issues S_t = Q K_t^T with O += P_{t-1} V_{t-1} from shared memory: O + S in
+ *   registers, but ~11% slower, the extra shared-memory traffic of the SS product), ZI_ATTN90_RESCALE3.
+ *   Timings: benchmarks/kernels/README.md.
  *
  * All sm_90a-only device code is inside `#ifdef ZI_SM90_DEVICE_CODE`: the file compiles for every
  * arch of the fat binary, and the sm_90a probe (sm90.cuh) tells the host (once per device) whether the
@@ -66,6 +72,15 @@
 #ifndef ZI_ATTN90_OVERLAP3
 #define ZI_ATTN90_OVERLAP3 0  /* 1: the 3-consumer kernel overlaps softmax_t with P_{t-1} V_{t-1} */
 #endif
+#ifndef ZI_ATTN90_PSMEM3
+#define ZI_ATTN90_PSMEM3 0    /* 3 consumers: 1 = P through shared memory (S_t issued with P_{t-1} V_{t-1}),
+                                 2 = the same with a warp-level sync before P V instead of the warpgroup's */
+#endif
+#ifndef ZI_ATTN90_RESCALE3
+#define ZI_ATTN90_RESCALE3 2  /* 3 consumers: 2 = a row's max is kept until a tile exceeds it by 2^8 (FA4's
+                                 rule), O rescaled only then; 1 = rescaled only where a row's max moved
+                                 (bit-exact); 0 = every tile (round 1) */
+#endif
 #ifndef ZI_ATTN90_PREGS3
 #define ZI_ATTN90_PREGS3 32   /* setmaxnreg with 3 consumers: producer, consumers (<= 65536 in all) */
 #endif
@@ -84,11 +99,16 @@ struct A90 {
     static constexpr int CONSUMER_REGS = NCW == 2 ? 232 : ZI_ATTN90_CREGS3;
     static constexpr int HALF_Q = BM * 128, HALF_KV = BN * 128, Q_BYTES = 2 * HALF_Q, KV_BYTES = 2 * HALF_KV;
     static constexpr int K_OFF = Q_BYTES, V_OFF = K_OFF + A90_STAGES * KV_BYTES;
-    static constexpr int BAR_OFF = V_OFF + A90_STAGES * KV_BYTES;
+    /* ZI_ATTN90_PSMEM3: each consumer's P tile [BN / 64 halves][64 rows][128 B] after the ring */
+    static constexpr bool P_SMEM = NCW == 3 && ZI_ATTN90_PSMEM3 != 0;
+    static constexpr int HALF_P = 64 * 128, P_BYTES = BN * 128, P_OFF = V_OFF + A90_STAGES * KV_BYTES;
+    static constexpr int BAR_OFF = P_OFF + (P_SMEM ? NCW * P_BYTES : 0);
     static constexpr int NBAR = 1 + 4 * A90_STAGES; /* q_full, k_full[], v_full[], k_empty[], v_empty[] */
     static constexpr int SMEM_BYTES = 1024 + BAR_OFF + 8 * NBAR;
     static_assert(NCW == 2 || NCW == 3, "2 or 3 consumer warpgroups");
     static_assert(BN % 16 == 0 && BN <= 256, "BN keys: whole k-steps of P V, one TMA box");
+    static_assert(!P_SMEM || BN % 64 == 0, "P in shared memory: whole 64-key halves");
+    static_assert(SMEM_BYTES <= 232448, "227 KiB of shared memory per block");
 };
 typedef A90<2, ZI_ATTN90_BN2> A90Bm128;
 typedef A90<3, ZI_ATTN90_BN3> A90Bm192;
@@ -167,8 +187,12 @@ static __device__ __forceinline__ float fast_exp2(float x) {
 
 /* Online softmax of one tile on the fp32 scores s (in place: s becomes p = 2^((s - m) scale log2e)).
    Accumulator layout (per warp 16 rows): s[4 nb + e] is row g + 8 (e >> 1), key nb*8 + 2 tq + (e & 1). */
-template <int BN>
-static __device__ __forceinline__ void a90_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+/* LAZY (ZI_ATTN90_RESCALE3 = 2): the running max m of a row stays where the tile's max exceeds it by at most
+   8 in the base-2 exponent (then p <= 2^8: exact in fp32 sums, and bf16 P keeps its relative precision),
+   so alpha = 1 and O needs no rescale in almost every tile; l and O use the same m, so out = O / l is
+   unchanged in exact arithmetic. Returns whether any alpha of this thread differs from 1. */
+template <int BN, bool LAZY = false>
+static __device__ __forceinline__ bool a90_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                                    bool mask, int key0, int row0, int S, int causal, float sl2) {
     int lane = threadIdx.x % 32, tq = lane % 4;
     if (mask) {
@@ -194,9 +218,14 @@ static __device__ __forceinline__ void a90_softmax(float (&s)[BN / 2], float (&m
         /* every row has a valid key in every tile it visits (key 0 in tile 0; the diagonal key in a
            causal diagonal tile, where BM = BN = 128), so mx is finite; m = -inf before the first tile
            gives alpha = 0 */
-        msub[r] = mx[r] * sl2;
-        alpha[r] = fast_exp2(fmaf(m[r], sl2, -msub[r]));
-        m[r] = mx[r];
+        if (LAZY && (mx[r] - m[r]) * sl2 <= 8.0f) { /* false for m = -inf (first tile) */
+            msub[r] = m[r] * sl2;
+            alpha[r] = 1.0f;
+        } else {
+            msub[r] = mx[r] * sl2;
+            alpha[r] = fast_exp2(fmaf(m[r], sl2, -msub[r]));
+            m[r] = mx[r];
+        }
     }
     float lsum[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -209,6 +238,7 @@ static __device__ __forceinline__ void a90_softmax(float (&s)[BN / 2], float (&m
         }
 #pragma unroll
     for (int r = 0; r < 2; r++) l[r] = l[r] * alpha[r] + lsum[r];
+    return alpha[0] != 1.0f || alpha[1] != 1.0f;
 }
 
 /* S = Q K^T for this warpgroup's 64 rows: 8 k-steps of 16 dims; dim d of a row lives in half d / 64
@@ -259,6 +289,57 @@ static __device__ __forceinline__ void a90_pack_p(uint32_t (&p)[BN / 4], const f
         p[4 * ks + 2] = pack_bf16x2(s[8 * ks + 4], s[8 * ks + 5]);
         p[4 * ks + 3] = pack_bf16x2(s[8 * ks + 6], s[8 * ks + 7]);
     }
+}
+/* d[64x128] += A[64x16] B[16x128]; A K-major, B MN-major (transposed), both in shared memory */
+__device__ __forceinline__ void wgmma_ss_n128_tb(float (&d)[64], uint64_t da, uint64_t db) {
+    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " SM90_ACC64_STR ", %64, %65, 1, 1, 1, 0, 1;\n"
+                 : SM90_ACC64_OPS(d)
+                 : "l"(da), "l"(db));
+}
+
+/* P (bf16 probabilities in s) of this warpgroup's 64 rows into its shared-memory tile, laid out as the
+   K-major, 128-byte-swizzled A operand of O += P V: key k of row r in half k / 64, 16-byte chunk
+   c = (k % 64) / 8 of the 128-byte row stored at chunk c ^ (r % 8) (conflict-free: the 8 rows g of a warp
+   hit 8 different chunks). Accumulator block nb holds keys 8 nb + 2 tq, + 1 of rows g and g + 8. */
+template <int BN>
+static __device__ __forceinline__ void a90_store_p(unsigned char *p_tile, const float (&s)[BN / 2]) {
+    int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, g = lane / 4, tq = lane % 4;
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; nb++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            int r = 16 * warp + g + 8 * hr, c = nb % 8;
+            unsigned char *dst = p_tile + (nb / 8) * (64 * 128) + r * 128 + ((c ^ (r % 8)) * 16) + tq * 4;
+            *reinterpret_cast<uint32_t *>(dst) = pack_bf16x2(s[4 * nb + 2 * hr], s[4 * nb + 2 * hr + 1]);
+        }
+}
+
+/* O += P V with P from this warpgroup's shared-memory tile (A, K-major: k-step ks of 16 keys starts
+   32 (ks % 4) bytes into half ks / 4, 8-row groups 1024 bytes apart) and V as in a90_issue_pv */
+template <int NCW, int BN>
+static __device__ __forceinline__ void a90_issue_pv_ss(float (&o)[64], uint32_t p_addr, uint32_t v_addr) {
+    reg_fence(o);
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < BN / 16; ks++) {
+        uint64_t da = wg_desc(p_addr + (ks / 4) * (64 * 128) + (ks % 4) * 32, 16, 1024);
+        uint64_t db = wg_desc(v_addr + ks * 2048, A90<NCW, BN>::HALF_KV, 1024);
+        wgmma_ss_n128_tb(o, da, db);
+    }
+    wg_commit();
+    reg_fence(o);
+}
+
+/* The P tile written by this thread is made visible to the tensor cores (async proxy), then either the
+   whole warpgroup (named barrier 1 + cw, 128 threads: every warp's rows of P are in shared memory before
+   any warp issues the P V that reads them) or, with ZI_ATTN90_PSMEM3 = 2, only the warp (FA3's choice: the
+   rows of A that a warp's part of an m64 wgmma reads are the warp's own 16 rows) waits. */
+static __device__ __forceinline__ void a90_p_ready(int cw) {
+    fence_async_smem();
+    if (ZI_ATTN90_PSMEM3 == 2)
+        __syncwarp();
+    else
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory"); /* the warpgroup's P rows are all stored */
 }
 /* Ping-pong (ZI_ATTN90_PINGPONG, 2 consumers only): the two consumer warpgroups take turns issuing their
    wgmma batches, so one's softmax runs while the other's matrix products do. Turns alternate 0, 1, 0, 1, ...;
@@ -345,7 +426,47 @@ __global__ void __launch_bounds__(128 * (NCW + 1), 1)
         for (int i = 0; i < 64; i++) o[i] = 0.0f;
 
         mbar_wait(q_full, 0);
-        if constexpr (!OVERLAP) { /* per tile: S = Q K^T, softmax, O += P V, one after the other */
+        if constexpr (G::P_SMEM) {
+            /* per tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} (P from shared memory) issued back to
+               back, softmax_t runs while P_{t-1} V_{t-1} does; live: O 64 + S 64 registers */
+            unsigned char *p_tile = sm + G::P_OFF + cw * G::P_BYTES;
+            uint32_t p_addr = sbase + G::P_OFF + cw * G::P_BYTES;
+            mbar_wait(k_full, 0);
+            a90_issue_qk<NCW, BN>(s, q_addr, sbase + G::K_OFF);
+            wg_wait<0>();
+            reg_fence(s);
+            if (lane == 0) mbar_arrive(k_empty);
+            a90_softmax<BN>(s, m, l, alpha, BN > S || (causal && BN - 1 > 64 * cw + q0), 0, row0, S, causal, sl2);
+            a90_store_p<BN>(p_tile, s);
+            a90_p_ready(cw);
+            for (int t = 1; t < n_tiles; t++) {
+                int st = t % A90_STAGES, sp = (t - 1) % A90_STAGES, k0 = t * BN;
+                mbar_wait(k_full + 8 * st, (t / A90_STAGES) & 1);
+                a90_issue_qk<NCW, BN>(s, q_addr, sbase + G::K_OFF + st * G::KV_BYTES);
+                mbar_wait(v_full + 8 * sp, ((t - 1) / A90_STAGES) & 1);
+                a90_issue_pv_ss<NCW, BN>(o, p_addr, sbase + G::V_OFF + sp * G::KV_BYTES);
+                wg_wait<1>(); /* S_t done (P_{t-1} V_{t-1} may still run) */
+                reg_fence(s);
+                if (lane == 0) mbar_arrive(k_empty + 8 * st);
+                a90_softmax<BN>(s, m, l, alpha, k0 + BN > S || (causal && k0 + BN - 1 > q0 + 64 * cw), k0, row0, S,
+                                causal, sl2);
+                /* P_{t-1} V_{t-1} done (the whole warpgroup-wide wgmma, so also its reads of the other
+                   warps' P rows): o is ours again, the P tile and V stage sp are free */
+                wg_wait<0>();
+                reg_fence(o);
+                if (lane == 0) mbar_arrive(v_empty + 8 * sp);
+                a90_store_p<BN>(p_tile, s);
+#pragma unroll
+                for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
+                a90_p_ready(cw);
+            }
+            int sl = (n_tiles - 1) % A90_STAGES;
+            mbar_wait(v_full + 8 * sl, ((n_tiles - 1) / A90_STAGES) & 1);
+            a90_issue_pv_ss<NCW, BN>(o, p_addr, sbase + G::V_OFF + sl * G::KV_BYTES);
+            wg_wait<0>();
+            reg_fence(o);
+            if (lane == 0) mbar_arrive(v_empty + 8 * sl);
+        } else if constexpr (!OVERLAP) { /* per tile: S = Q K^T, softmax, O += P V, one after the other */
             for (int t = 0; t < n_tiles; t++) {
                 int st = t % A90_STAGES, k0 = t * BN;
                 uint32_t par = (t / A90_STAGES) & 1;
@@ -354,10 +475,11 @@ __global__ void __launch_bounds__(128 * (NCW + 1), 1)
                 wg_wait<0>();
                 reg_fence(s);
                 if (lane == 0) mbar_arrive(k_empty + 8 * st);
-                a90_softmax<BN>(s, m, l, alpha, k0 + BN > S || (causal && k0 + BN - 1 > q0 + 64 * cw), k0, row0, S,
-                                causal, sl2);
+                bool rescale = a90_softmax<BN, ZI_ATTN90_RESCALE3 == 2>(
+                    s, m, l, alpha, k0 + BN > S || (causal && k0 + BN - 1 > q0 + 64 * cw), k0, row0, S, causal, sl2);
+                if (ZI_ATTN90_RESCALE3 == 0 || rescale) /* alpha = 1 in both rows: o stays as it is */
 #pragma unroll
-                for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
+                    for (int i = 0; i < 64; i++) o[i] *= alpha[(i >> 1) & 1];
                 a90_pack_p<BN>(p, s);
                 mbar_wait(v_full + 8 * st, par);
                 a90_issue_pv<NCW, BN>(o, p, sbase + G::V_OFF + st * G::KV_BYTES);
