@@ -92,8 +92,15 @@ def bench_parts(framework, pipe, sync):
         def dec():
             with torch.no_grad():
                 return pipe.vae.decode(tz, return_dict=False)
+
+        def dec_host():  # what zimage's decode returns: the image as a float32 host array
+            with torch.no_grad():
+                return pipe.vae.decode(tz, return_dict=False)[0].float().cpu().numpy()
+        out["vae_decode_to_host_1024_s"], _ = timed_median(dec_host, sync, 3)
     out["transformer_fwd_1024_s"], out["transformer_fwd_1024_all"] = timed_median(fwd, sync, 5)
     out["vae_decode_1024_s"], out["vae_decode_1024_all"] = timed_median(dec, sync, 3)
+    if framework == "zimage":
+        out["vae_decode_to_host_1024_s"] = out["vae_decode_1024_s"]
     return out
 
 
@@ -212,7 +219,8 @@ def main():
             continue
         results.append(json.loads(lines[-1]))
     keys = ["load_s"] + [f"pipe_{s}_s" for s in sizes] + [f"peak_device_GiB_{s}" for s in sizes] + \
-        ["encode_prompt_s", "first_step_incl_encode_s", "after_last_step_s", "transformer_fwd_1024_s", "vae_decode_1024_s"]
+        ["encode_prompt_s", "first_step_incl_encode_s", "after_last_step_s", "transformer_fwd_1024_s", "vae_decode_1024_s",
+         "vae_decode_to_host_1024_s"]
     print(f"{'':30s}" + "".join(f"{r['framework']:>12s}" for r in results))
     for k in keys:
         print(f"{k:30s}" + "".join(f"{r.get(k, float('nan')):12.3f}" for r in results))
