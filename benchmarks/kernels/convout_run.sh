@@ -12,15 +12,7 @@ set -u
 OUT=${OUT:-/tmp/zi_convout_out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../.." || exit 1
-nvidia-smi -L
-[ -e tests/fixtures ] || ln -s ../../../tests/fixtures tests/fixtures # a copy under .wt/ of the repo: its fixtures
-python3 benchmarks/kernels/make_vae_checkpoint.py /tmp/zi_vae > /tmp/zi_ckpt.log 2>&1 &
-CK=$!
-PB=
-if [ -n "${PYTEST:-}" ]; then
-    (ZIMAGE_CUDA_ARCH=90a timeout 170 python3 setup.py build_ext --inplace -q > "$OUT/pybuild.log" 2>&1; echo "rc=$?" >> "$OUT/pybuild.log") &
-    PB=$!
-fi
+PYBUILD_TIMEOUT=170 source benchmarks/kernels/vae_lab_start.sh
 for d in prebuilt old; do mkdir -p $d && xz -dc $d.tar.xz | tar xf - -C $d; done
 B=prebuilt O=old
 ZIMAGE_SYNC=1 timeout 70 $B/test_ops_cuda ${TFILTER:-} > "$OUT/test.log" 2>&1
@@ -34,8 +26,7 @@ for c in "${MC[@]}"; do
     timeout 40 compute-sanitizer --tool memcheck $B/test_ops_cuda "$c" >> "$OUT/memcheck.log" 2>&1
     echo "memcheck '$c' rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log" | tail -2
 done
-wait $CK; cat /tmp/zi_ckpt.log
-[ -n "$PB" ] && { wait $PB; echo "ext build: $(tail -1 "$OUT/pybuild.log")"; }
+vae_lab_wait
 IFS=';' read -ra BF <<< "${BFILTERS:-128->3;HD=512}"
 for f in "${BF[@]}"; do
     { echo "--- new: $f"; timeout 30 $B/bench_ops "$f"; echo "--- old: $f"; timeout 30 $O/bench_ops "$f"; } >> "$OUT/bench.log" 2>&1

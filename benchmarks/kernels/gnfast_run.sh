@@ -13,16 +13,8 @@ set -u
 OUT=${OUT:-/tmp/zi_gnfast_out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../.." || exit 1
-nvidia-smi -L
 nvidia-smi --query-gpu=name,power.limit,clocks.max.sm --format=csv,noheader
-[ -e tests/fixtures ] || ln -s ../../../tests/fixtures tests/fixtures # a copy under .wt/ of the repo: its fixtures
-python3 benchmarks/kernels/make_vae_checkpoint.py /tmp/zi_vae > /tmp/zi_ckpt.log 2>&1 &
-CK=$!
-PB=
-if [ -n "${PYTEST:-}" ]; then
-    (ZIMAGE_CUDA_ARCH=90a timeout 200 python3 setup.py build_ext --inplace -q > "$OUT/pybuild.log" 2>&1; echo "rc=$?" >> "$OUT/pybuild.log") &
-    PB=$!
-fi
+PYBUILD_TIMEOUT=200 source benchmarks/kernels/vae_lab_start.sh
 BINS="new old"
 for v in ${VARIANTS:-}; do BINS="$BINS var_$v"; done
 for d in $BINS; do mkdir -p $d && xz -dc $d.tar.xz | tar xf - -C $d; done
@@ -35,8 +27,7 @@ for c in "${MC[@]}"; do
     timeout 40 compute-sanitizer --tool memcheck new/test_ops_cuda "$c" >> "$OUT/memcheck.log" 2>&1
     echo "memcheck '$c' rc=$?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log" | tail -2
 done
-wait $CK; cat /tmp/zi_ckpt.log
-[ -n "$PB" ] && { wait $PB; echo "ext build: $(tail -1 "$OUT/pybuild.log")"; }
+vae_lab_wait
 IFS=';' read -ra BF <<< "${BFILTERS:-pack;stats;groupnorm_conv2d 128->128}"
 for f in "${BF[@]}"; do
     for d in $BINS; do { echo "--- $d: $f"; timeout 30 $d/bench_ops "$f"; } >> "$OUT/bench.log" 2>&1; done
